@@ -1,0 +1,94 @@
+"""The engine interface: what the serving core and the training job need from a model.
+
+Two implementations: `VLLMEngine` (the real one, CPU or GPU) and `FakeEngine`
+(deterministic, unit tests only). Prompts cross this boundary as token ids, because
+the caller already tokenized them to enforce length limits and render templates.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class LoRA:
+    """An adapter as the engine sees it: compared by name, addressed by a stable int id."""
+
+    name: str
+    int_id: int
+    path: Path
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    n: int = 1
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    prompt_tokens: int
+    completions: list[Completion] = field(default_factory=list)
+
+
+class Engine(abc.ABC):
+    """Async model engine. Every method may be awaited concurrently: implementations
+    must not serialize calls, so that concurrent requests are batched together."""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Load the model; returns when requests can be served."""
+
+    @property
+    @abc.abstractmethod
+    def tokenizer(self) -> Any:
+        """A Hugging Face tokenizer (chat template, encode, decode)."""
+
+    @property
+    @abc.abstractmethod
+    def max_model_len(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def model_path(self) -> str: ...
+
+    @abc.abstractmethod
+    async def generate(
+        self, prompt_ids: Sequence[int], options: SamplingOptions, *, lora: LoRA | None = None
+    ) -> GenerationResult:
+        """Sample continuations of the prompt."""
+
+    @abc.abstractmethod
+    async def next_token_logprobs(
+        self, prompt_ids: Sequence[int], token_ids: Sequence[int], *, lora: LoRA | None = None
+    ) -> list[float]:
+        """Full-vocabulary log-probabilities of exactly `token_ids` at the next position
+        (never a top-k read, so a label outside the top-k still gets its true value)."""
+
+    @abc.abstractmethod
+    async def prompt_logprobs(
+        self, prompt_ids: Sequence[int], *, start: int, lora: LoRA | None = None
+    ) -> list[float]:
+        """Log-probability of each prompt token from position `start` on, given its prefix."""
+
+    @abc.abstractmethod
+    async def check_health(self) -> None:
+        """Raise `EngineDeadError` if the engine can no longer serve."""
+
+    @abc.abstractmethod
+    def shutdown(self) -> None: ...

