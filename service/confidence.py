@@ -50,6 +50,29 @@ def has_chat_template(tokenizer: ChatTokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+def neutralize_specials(text: str, specials: Sequence[str]) -> str:
+    """Break any special-token string (e.g. `<|im_end|>`) inside user-supplied text.
+
+    Rendered templates are tokenized as one string, so a literal `<|im_end|>` in a
+    question or an answer would become the real control token and let the text close
+    its own turn and pose as the query. A zero-width space after the first character
+    keeps the text readable while it tokenizes as ordinary characters.
+    """
+    for special in specials:
+        if len(special) > 1 and special in text:
+            text = text.replace(special, special[0] + "\u200b" + special[1:])
+    return text
+
+
+def special_strings(tokenizer: Any) -> list[str]:
+    """All special and added-control token strings of a Hugging Face tokenizer."""
+    strings = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    for token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(token, "special", False):
+            strings.add(str(token.content))
+    return sorted(strings, key=len, reverse=True)
+
+
 def query_messages(question: Sequence[Message], answer: str) -> list[Message]:
     """The conversation scored by the uncertainty query.
 
@@ -68,11 +91,14 @@ def render_plain(messages: Sequence[Message]) -> str:
 
 
 def render(tokenizer: ChatTokenizer, messages: Sequence[Message]) -> str:
-    """Render a conversation that ends with a user turn, ready for the model to reply."""
+    """Render a conversation that ends with a user turn, ready for the model to reply.
+
+    Message contents are untrusted: special-token strings inside them are neutralized.
+    """
+    specials = special_strings(tokenizer)
+    messages = [{**m, "content": neutralize_specials(m["content"], specials)} for m in messages]
     if has_chat_template(tokenizer):
-        text = tokenizer.apply_chat_template(
-            list(messages), tokenize=False, add_generation_prompt=True
-        )
+        text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
         return str(text)
     return render_plain(messages)
 

@@ -60,3 +60,14 @@ class AdapterLoadError(ServiceError):
 
     status_code = 409
     error_type = "adapter_invalid"
+
+
+class OverloadedError(ServiceError):
+    """More work in flight than the server admits; the client should retry later."""
+
+    status_code = 429
+    error_type = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -6,6 +6,7 @@ an adapter and refuses one trained for another base model or another query templ
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -86,8 +87,7 @@ def weights_fingerprint(model_dir: Path) -> str:
             for block in iter(lambda: handle.read(1 << 22), b""):
                 digest.update(block)
     result = digest.hexdigest()
-    try:
+    # A read-only model directory is fine: we just hash again next time.
+    with contextlib.suppress(OSError):
         cache.write_text(json.dumps({"key": key, "sha256": result}))
-    except OSError:  # a read-only model directory is fine: we just hash again next time
-        pass
     return result

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     default_max_tokens: int = Field(default=128, ge=1)
     max_tokens_limit: int = Field(default=1024, ge=1, description="Largest max_tokens a request may ask.")
     max_score_items: int = Field(default=64, ge=1, description="Largest /score batch.")
+    max_inflight_sequences: int = Field(
+        default=256, ge=1, description="Sequences in flight before new requests get 429 + Retry-After."
+    )
     query_reserve_tokens: int = Field(
         default=64, ge=0, description="Context kept free after the answer for the confidence query."
     )

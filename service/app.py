@@ -1,0 +1,66 @@
+"""`build_app(settings)`: the FastAPI application around one engine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service import error_mapping
+from service.admission import Admission
+from service.engine.base import Engine
+from service.lifecycle import Phase, ServiceState, start_service
+from service.routes import generate, health, score
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def _start(
+    app: FastAPI, settings: Settings, engine: Engine | None, on_fatal: Callable[[], None]
+) -> None:
+    state: ServiceState = app.state.service_state
+    try:
+        state.engine, state.service = await start_service(settings, engine)
+    except Exception as exc:  # any start-up failure is fatal: report it, do not lose it
+        log.exception("start-up failed")
+        state.phase, state.detail = Phase.failed, f"{type(exc).__name__}: {exc}"
+        on_fatal()
+        return
+    state.phase = Phase.ready
+    log.info("ready: serving %s", state.engine.model_path)
+
+
+def build_app(
+    settings: Settings, *, engine: Engine | None = None, on_fatal: Callable[[], None] = lambda: None
+) -> FastAPI:
+    """The service app. `engine=None` builds the real vLLM engine from `settings` at start-up;
+    tests pass a `FakeEngine`. `on_fatal` is called if start-up fails (the CLI stops the server)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_start(app, settings, engine, on_fatal))
+        app.state.service_state.tasks.add(task)
+        try:
+            yield
+        finally:
+            task.cancel()
+            if app.state.service_state.engine is not None:
+                app.state.service_state.engine.shutdown()
+
+    app = FastAPI(
+        title="Calibrated-confidence LLM service",
+        description="Answers with a calibrated probability of being correct (Kapoor et al. 2024).",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.service_state = ServiceState()
+    app.state.admission = Admission(settings.max_inflight_sequences)
+    error_mapping.install(app)
+    for module in (generate, score, health):
+        app.include_router(module.router)
+    return app

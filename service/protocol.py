@@ -1,0 +1,134 @@
+"""Request and response models of the HTTP API (one place, imported by the routes)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_TEXT_CHARS = 200_000  # a cheap bound checked before tokenizing; the token limit is the real one
+
+
+class Method(str, Enum):
+    adapter = "adapter"  # LoRA + Prompt: the query read through the uncertainty adapter
+    zero_shot = "zero_shot"  # the same query on the base model
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=MAX_TEXT_CHARS)
+
+
+class GenerateRequest(_Strict):
+    prompt: str | None = Field(default=None, max_length=MAX_TEXT_CHARS, description="A single user turn.")
+    messages: list[ChatMessage] | None = Field(
+        default=None, min_length=1, description="A chat; must end with a user turn."
+    )
+    max_tokens: int | None = Field(default=None, ge=1, description="Defaults to the server's default.")
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: list[str] | None = Field(default=None, max_length=8)
+    seed: int | None = None
+    adapter: str | None = Field(default=None, description="Uncertainty adapter; default = server default.")
+    method: Method = Method.adapter
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, prompt: str | None) -> str | None:
+        if prompt is not None and not prompt.strip():
+            raise ValueError("must not be empty")
+        return prompt
+
+    @field_validator("messages")
+    @classmethod
+    def _ends_with_user(cls, messages: list[ChatMessage] | None) -> list[ChatMessage] | None:
+        if messages is not None:
+            if messages[-1].role != "user":
+                raise ValueError("must end with a user turn")
+            if not any(m.content.strip() for m in messages if m.role == "user"):
+                raise ValueError("must contain a non-empty user turn")
+        return messages
+
+    @model_validator(mode="after")
+    def _one_input(self) -> GenerateRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' or 'messages'")
+        return self
+
+    def chat(self) -> list[dict[str, str]]:
+        if self.messages is not None:
+            return [m.model_dump() for m in self.messages]
+        return [{"role": "user", "content": self.prompt or ""}]
+
+
+class AdapterInfo(BaseModel):
+    name: str
+    version: str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class GenerateResponse(BaseModel):
+    id: str
+    text: str
+    confidence: float = Field(ge=0.0, le=1.0, description="Calibrated probability the answer is correct.")
+    method: Method
+    adapter: AdapterInfo | None
+    usage: Usage
+    finish_reason: str
+
+
+class ScoreItem(_Strict):
+    question: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    answer: str = Field(max_length=MAX_TEXT_CHARS)
+
+    @field_validator("question")
+    @classmethod
+    def _non_blank(cls, question: str) -> str:
+        if not question.strip():
+            raise ValueError("must not be blank")
+        return question
+
+
+class ScoreRequest(_Strict):
+    items: list[ScoreItem] = Field(min_length=1)
+    adapter: str | None = None
+    method: Method = Method.adapter
+
+
+class ScoredItem(BaseModel):
+    index: int
+    confidence: float = Field(ge=0.0, le=1.0)
+
+
+class ScoreResponse(BaseModel):
+    id: str
+    method: Method
+    adapter: AdapterInfo | None
+    items: list[ScoredItem]
+
+
+class HealthResponse(BaseModel):
+    status: str
+    model: str | None = None
+    adapters: list[AdapterInfo] = Field(default_factory=list)
+    detail: str | None = None
+
+
+class ErrorBody(BaseModel):
+    type: str
+    message: str
+    param: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

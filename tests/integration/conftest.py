@@ -1,0 +1,78 @@
+"""Real vLLM on a tiny random Llama built locally (seconds to start, same code path)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from service import confidence as cq
+from service.confidence import QUERY_TEMPLATE_VERSION
+from service.engine.base import LoRA
+from service.manifest import AdapterManifest, weights_fingerprint
+from tests.tiny_model import build_tiny_model
+
+pytestmark = pytest.mark.integration
+
+
+def make_random_lora(model_dir: Path, out: Path, *, seed: int, scale: float = 0.5) -> Path:
+    """A peft LoRA (r=8, q/v) with random non-zero B, so it visibly changes the model."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    peft_model = get_peft_model(model, config)
+    generator = torch.Generator().manual_seed(seed)
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:
+            param.data = torch.randn(param.shape, generator=generator) * scale
+    peft_model.save_pretrained(out)
+    return out
+
+
+def write_manifest(adapter_dir: Path, model_dir: Path, name: str, version: str, temperature: float) -> None:
+    from transformers import AutoTokenizer
+
+    labels = cq.label_tokens(AutoTokenizer.from_pretrained(model_dir))
+    AdapterManifest(
+        name=name,
+        version=version,
+        base_model={"name": "tiny-llama", "weights_sha256": weights_fingerprint(model_dir)},
+        template_version=QUERY_TEMPLATE_VERSION,
+        label_token_ids={"no": labels.no_id, "yes": labels.yes_id},
+        temperature=temperature,
+    ).write(adapter_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def adapter_root(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("adapters")
+    for seed, name in ((1, "alpha"), (2, "beta")):
+        out = make_random_lora(tiny_model, root / name / "v1", seed=seed)
+        write_manifest(out, tiny_model, name, "v1", temperature=1.5)
+    return root
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def engine(tiny_model: Path) -> AsyncIterator[object]:
+    from service.engine.vllm_engine import VLLMEngine
+
+    # max_loras=1 is the configuration in which the upstream CPU bug showed: one LoRA
+    # slot, base rows mapped to "no adapter" in the same batch.
+    eng = VLLMEngine(str(tiny_model), max_model_len=512, max_loras=1, max_lora_rank=8, kv_cache_gib=0.25)
+    await eng.start()
+    yield eng
+    eng.shutdown()
+
+
+def lora(adapter_root: Path, name: str, int_id: int) -> LoRA:
+    return LoRA(name=name, int_id=int_id, path=adapter_root / name / "v1")
