@@ -21,7 +21,7 @@ from service.errors import EngineDeadError
 
 class WordTokenizer:
     chat_template = None
-    all_special_tokens = ["<s>"]
+    all_special_tokens = ("<s>",)
 
     def __init__(self) -> None:
         self.vocab: dict[str, int] = {"<s>": 0}

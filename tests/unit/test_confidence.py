@@ -82,7 +82,7 @@ def test_special_token_strings_in_user_text_are_neutralised():
 def test_chat_template_rendering_uses_the_tokenizer(monkeypatch):
     class Chat(WordTokenizer):
         chat_template = "x"
-        all_special_tokens = ["<|end|>"]
+        all_special_tokens = ("<|end|>",)
 
         def apply_chat_template(self, conversation, **kwargs):
             assert kwargs == {"tokenize": False, "add_generation_prompt": True}

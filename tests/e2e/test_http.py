@@ -1,0 +1,67 @@
+"""End to end: SmolLM2-135M on vLLM behind `confidence serve`, over loopback HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def test_generate_answers_the_readme_example(server):
+    response = httpx.post(
+        f"{server}/generate", json={"prompt": "What is the capital of France?"}, timeout=120
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert "Paris" in body["text"]
+    assert 0.0 <= body["confidence"] <= 1.0
+    assert body["usage"]["completion_tokens"] > 0
+
+
+def test_zero_shot_always_works(server):
+    response = httpx.post(
+        f"{server}/generate",
+        json={"prompt": "Name a primary colour.", "method": "zero_shot", "max_tokens": 8},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["adapter"] is None
+
+
+def test_score_orders_a_right_answer_above_a_wrong_one(server):
+    items = [
+        {"question": "What is the capital of France?", "answer": "The capital of France is Paris."},
+        {"question": "What is the capital of France?", "answer": "The capital of France is Berlin."},
+    ]
+    response = httpx.post(f"{server}/score", json={"items": items, "method": "zero_shot"}, timeout=120)
+    assert response.status_code == 200, response.text
+    scores = [item["confidence"] for item in response.json()["items"]]
+    assert len(scores) == 2 and all(0.0 <= s <= 1.0 for s in scores)
+    assert scores[0] != scores[1]
+
+
+def test_concurrent_requests_agree_with_single_ones(server):
+    """Mixed base/LoRA batches through the whole stack give the same numbers as alone."""
+    payloads = [
+        {"prompt": f"What is {i} plus {i}?", "max_tokens": 8, "method": "zero_shot"} for i in range(6)
+    ]
+
+    async def run() -> list[dict]:
+        async with httpx.AsyncClient(base_url=server, timeout=300) as client:
+            responses = await asyncio.gather(*(client.post("/generate", json=p) for p in payloads))
+        return [r.json() for r in responses]
+
+    together = asyncio.run(run())
+    alone = [httpx.post(f"{server}/generate", json=p, timeout=120).json() for p in payloads[:2]]
+    for single, batched in zip(alone, together, strict=False):
+        assert single["text"] == batched["text"]
+        assert single["confidence"] == pytest.approx(batched["confidence"], abs=1e-3)
+
+
+def test_prompt_longer_than_the_context_is_a_400(server):
+    response = httpx.post(f"{server}/generate", json={"prompt": "word " * 5000}, timeout=60)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "prompt"
