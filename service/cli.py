@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -46,6 +47,50 @@ def _fetch_model(_: argparse.Namespace) -> int:
     return 0
 
 
+def _label(args: argparse.Namespace) -> int:
+    from adapters.labelling import main as label_main
+
+    return label_main(args.rest)
+
+
+def _dataclass_args(types: tuple[type, ...], argv: list[str]) -> tuple[object, ...]:
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(types)  # type: ignore[arg-type]
+    return tuple(parser.parse_args_into_dataclasses(args=argv))
+
+
+def _train(args: argparse.Namespace) -> int:
+    from adapters.job import JobConfig, run_job
+    from adapters.labelling import resolve_model
+    from adapters.train import TrainConfig
+
+    argv = list(args.rest)
+    if "--model" not in argv:  # default: the embedded model, fetched if needed
+        argv = ["--model", resolve_model(None), *argv]
+    train_config, job = _dataclass_args((TrainConfig, JobConfig), argv)
+    print(run_job(train_config, job))  # type: ignore[arg-type]
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from adapters.evaluate import EvalConfig, evaluate
+
+    (config,) = _dataclass_args((EvalConfig,), list(args.rest))
+    report = evaluate(config)  # type: ignore[arg-type]
+    print(json.dumps({k: list(v) for k, v in report["eval_sets"].items()}))
+    return 0
+
+
+# Subcommands whose options belong to the training job's own parsers: their arguments
+# are passed through untouched (`confidence train --help` shows them).
+PASSTHROUGH = {
+    "label": ("generate and grade the base model's answers (training data)", _label),
+    "train": ("train, calibrate and export an uncertainty adapter", _train),
+    "eval": ("evaluate an exported adapter against the baselines; write its report", _eval),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="confidence", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -55,11 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
     }
     for name, (help_text, func) in commands.items():
         sub.add_parser(name, help=help_text).set_defaults(func=func)
+    for name, (help_text, func) in PASSTHROUGH.items():
+        passthrough = sub.add_parser(name, help=help_text, add_help=False)
+        passthrough.add_argument("rest", nargs=argparse.REMAINDER)
+        passthrough.set_defaults(func=func)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:  # argparse would swallow their --help and options
+        return PASSTHROUGH[argv[0]][1](argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     return func(args)

@@ -81,8 +81,10 @@ class AdapterRegistry:
         if not self.root.is_dir():
             log.warning("adapter root %s does not exist: zero-shot confidence only", self.root)
             return
-        for name_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            versions = [v for v in name_dir.iterdir() if (v / MANIFEST_FILE).is_file()]
+        for name_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            versions = [
+                v for v in name_dir.iterdir() if not v.name.startswith(".") and (v / MANIFEST_FILE).is_file()
+            ]
             if not versions:
                 continue
             newest = max(versions, key=lambda v: _version_key(v.name))

@@ -75,3 +75,11 @@ def test_expand_slice_writes_only_its_slice(batch):
     ops.bgmv_expand_slice(inputs, lora_b, out, indices, slice_offset=10, slice_size=6, add_inputs=True)
     torch.testing.assert_close(out[:, 10:16], reference(inputs, lora_b, indices))
     assert torch.all(out[:, :10] == 0) and torch.all(out[:, 16:] == 0)
+
+
+def test_fix_is_registered_as_a_vllm_plugin():
+    """vLLM applies the fix in its own processes only through this entry point."""
+    from importlib.metadata import entry_points
+
+    plugins = {ep.name: ep.value for ep in entry_points(group="vllm.general_plugins")}
+    assert plugins.get("confidence_cpu_lora") == "service.engine.cpu_lora_patch:register"
