@@ -1,0 +1,82 @@
+"""The HTTP app on the real vLLM engine (tiny local model, random adapters with manifests)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import build_app
+from service.manifest import AdapterManifest
+from service.settings import Settings
+from tests.unit.conftest import wait_ready
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def client(
+    tiny_model: Path, adapter_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TestClient]:
+    root = tmp_path_factory.mktemp("served") / "adapters"
+    shutil.copytree(adapter_root, root)
+    # An adapter trained for another base model must be refused, with the reason kept.
+    wrong = root / "wrong-base" / "v1"
+    shutil.copytree(adapter_root / "alpha" / "v1", wrong)
+    manifest = AdapterManifest.read(wrong)
+    manifest.name = "wrong-base"
+    manifest.base_model.weights_sha256 = "f" * 64
+    manifest.write(wrong)
+    settings = Settings(
+        model=str(tiny_model),
+        adapter_root=root,
+        default_adapter="alpha",
+        max_model_len=512,
+        kv_cache_gib=0.25,
+        max_loras=2,
+        max_lora_rank=8,
+        default_max_tokens=8,
+        query_reserve_tokens=64,
+    )
+    with TestClient(build_app(settings)) as test_client:
+        wait_ready(test_client, timeout=300)
+        yield test_client
+
+
+def test_ready_serves_matching_adapters_only(client):
+    body = client.get("/ready").json()
+    assert {a["name"] for a in body["adapters"]} == {"alpha", "beta"}
+    response = client.post(
+        "/score", json={"items": [{"question": "q", "answer": "a"}], "adapter": "wrong-base"}
+    )
+    assert response.status_code == 404
+    assert "base model" in response.json()["error"]["message"]
+
+
+def test_generate_and_score_on_the_real_engine(client):
+    generated = client.post("/generate", json={"prompt": "What is 2 + 2?"})
+    assert generated.status_code == 200, generated.text
+    body = generated.json()
+    assert body["adapter"]["name"] == "alpha" and 0.0 <= body["confidence"] <= 1.0
+    assert body["usage"]["completion_tokens"] >= 1
+
+    items = [
+        {"question": "What is 2 + 2?", "answer": body["text"]},
+        {"question": "Capital of Peru?", "answer": "Lima"},
+    ]
+    by_method = {
+        name: client.post("/score", json={"items": items, **extra}).json()["items"]
+        for name, extra in {"alpha": {}, "beta": {"adapter": "beta"}, "zero": {"method": "zero_shot"}}.items()
+    }
+    assert by_method["alpha"][0]["confidence"] == pytest.approx(body["confidence"], abs=1e-3)
+    assert by_method["alpha"][1]["confidence"] != pytest.approx(by_method["zero"][1]["confidence"], abs=1e-3)
+    assert by_method["alpha"][1]["confidence"] != pytest.approx(by_method["beta"][1]["confidence"], abs=1e-3)
+
+
+def test_prompt_beyond_the_context_is_a_400(client):
+    response = client.post("/generate", json={"prompt": "hello " * 600})
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "prompt_too_long"
