@@ -1,0 +1,99 @@
+"""Pure parts of the evaluation: verbalized parsing, answer agreement, eval-set selection,
+and the engine-driven readers on the fake engine."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from adapters import scoring
+from adapters.data import GradedRecord
+from adapters.evaluate import EvalConfig, eval_sets
+from service import confidence as cq
+from tests.fake_engine import FakeEngine, fake_gap
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("85", 0.85), ("85%", 0.85), (" I'd say 0.3", 0.3), ("100", 1.0), ("250", 1.0), ("no idea", None)],
+)
+def test_parse_percentage(text, expected):
+    assert scoring.parse_percentage(text) == (pytest.approx(expected) if expected is not None else None)
+
+
+def test_same_answer_compares_numbers_and_normalized_text():
+    assert scoring.same_answer("numeric", "The answer is 12.0", "12")
+    assert not scoring.same_answer("numeric", "13", "12")
+    assert scoring.same_answer("open", "The Eiffel Tower.", "eiffel tower")
+    assert not scoring.same_answer("open", "Paris", "Lyon")
+
+
+def record(i: int, **kw) -> dict:
+    return {"id": f"r{i}", "question": f"q{i}", "answer": "a", "correct": i % 2 == 0, **kw}
+
+
+def test_eval_sets_use_only_held_out_questions(tmp_path):
+    graded = tmp_path / "mix.jsonl"
+    rows = [
+        record(0, source="triviaqa", kind="open", split="test"),
+        record(1, source="triviaqa", kind="open", split="train"),
+        record(2, source="gsm8k", kind="numeric", split="test"),
+        record(3, source="arc_easy", kind="mc", split="test"),
+        record(4, source="gsm8k", kind="numeric", split="calibration"),
+    ]
+    graded.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    mmlu = tmp_path / "mmlu.jsonl"
+    mmlu.write_text(
+        "\n".join(
+            json.dumps(record(i, source="mmlu", kind="mc", split="test", meta={"mmlu_split": s}))
+            for i, s in ((10, "test"), (11, "validation"))
+        )
+        + "\n"
+    )
+    sets = eval_sets(EvalConfig(adapter=tmp_path, graded=[graded], mmlu=mmlu))
+    ids = {name: [r.id for r in recs] for name, recs in sets.items()}
+    assert ids == {
+        "mmlu_test": ["r10"],
+        "open_ended_test": ["r0", "r2"],
+        "gsm8k_test": ["r2"],
+        "triviaqa_test": ["r0"],
+        "mc_test": ["r3"],
+    }
+
+
+async def test_query_gaps_read_the_served_query():
+    engine = FakeEngine()
+    records = [GradedRecord(question="2+2?", answer=a, correct=True, source="x", id=a) for a in ("4", "5")]
+    gaps = await scoring.query_gaps(engine, records, None)
+    expected = [
+        fake_gap(cq.query_ids(engine.tokenizer, [{"role": "user", "content": "2+2?"}], a), None)
+        for a in ("4", "5")
+    ]
+    np.testing.assert_allclose(gaps, expected)
+
+
+async def test_self_consistency_for_multiple_choice_follows_choice_likelihoods():
+    engine = FakeEngine()
+    sure = GradedRecord(
+        question="q",
+        answer="A. x",
+        correct=True,
+        source="arc_easy",
+        kind="mc",
+        id="s",
+        meta={"choice": 0, "choice_scores": [0.0, -30.0, -30.0]},
+    )
+    unsure = GradedRecord(
+        question="q",
+        answer="A. x",
+        correct=True,
+        source="arc_easy",
+        kind="mc",
+        id="u",
+        meta={"choice": 0, "choice_scores": [0.0, 0.0, 0.0, 0.0]},
+    )
+    values = await scoring.self_consistency(engine, [sure, unsure], k=200, seed=0)
+    assert values[0] == 1.0
+    assert 0.15 < values[1] < 0.35
