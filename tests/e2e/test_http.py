@@ -62,6 +62,8 @@ def test_concurrent_requests_agree_with_single_ones(server):
 
 
 def test_prompt_longer_than_the_context_is_a_400(server):
-    response = httpx.post(f"{server}/generate", json={"prompt": "word " * 5000, "method": "zero_shot"}, timeout=60)
+    response = httpx.post(
+        f"{server}/generate", json={"prompt": "word " * 5000, "method": "zero_shot"}, timeout=60
+    )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "prompt"

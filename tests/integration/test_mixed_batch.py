@@ -24,7 +24,10 @@ ANSWERS = ["3", "8", "seventeen", "8", "It is 10.", "12"]
 
 def queries(engine):
     tok = engine.tokenizer
-    return [cq.query_ids(tok, [{"role": "user", "content": q}], a) for q, a in zip(QUESTIONS, ANSWERS, strict=True)]
+    return [
+        cq.query_ids(tok, [{"role": "user", "content": q}], a)
+        for q, a in zip(QUESTIONS, ANSWERS, strict=True)
+    ]
 
 
 async def gap(engine, ids, adapter):

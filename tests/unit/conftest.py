@@ -54,8 +54,14 @@ def engine() -> FakeEngine:
 
 @pytest.fixture
 def settings(adapter_root: Path) -> Settings:
-    return Settings(adapter_root=adapter_root, default_adapter="default-unc", max_score_items=8,
-                    default_max_tokens=4, max_tokens_limit=16, query_reserve_tokens=16)
+    return Settings(
+        adapter_root=adapter_root,
+        default_adapter="default-unc",
+        max_score_items=8,
+        default_max_tokens=4,
+        max_tokens_limit=16,
+        query_reserve_tokens=16,
+    )
 
 
 @pytest.fixture

@@ -14,7 +14,9 @@ from tests.fake_engine import FakeEngine, fake_gap
 from tests.unit.conftest import wait_ready
 
 
-def expected_confidence(engine: FakeEngine, question: str, answer: str, lora_id: int | None, t: float) -> float:
+def expected_confidence(
+    engine: FakeEngine, question: str, answer: str, lora_id: int | None, t: float
+) -> float:
     ids = cq.query_ids(engine.tokenizer, [{"role": "user", "content": question}], answer)
     lora = LoRA("x", lora_id, None) if lora_id else None  # type: ignore[arg-type]
     return cq.sigmoid(fake_gap(ids, lora) / t)
@@ -83,8 +85,12 @@ def test_adapter_changes_confidence(client):
         ("/score", {"items": [{"question": "q", "answer": "a"}] * 9}, 400, "items"),
         ("/score", {"items": [{"question": "  ", "answer": "a"}]}, 400, "items[0]"),
         ("/score", {"items": [{"question": "q"}]}, 400, "items[0].answer"),
-        ("/score", {"items": [{"question": "q", "answer": "a"}, {"question": "q", "answer": "w " * 300}]}, 400,
-         "items[1]"),
+        (
+            "/score",
+            {"items": [{"question": "q", "answer": "a"}, {"question": "q", "answer": "w " * 300}]},
+            400,
+            "items[1]",
+        ),
     ],
 )
 def test_bad_input_gets_a_4xx_naming_the_problem(client, path, payload, status, param):
