@@ -67,3 +67,17 @@ def test_prompt_longer_than_the_context_is_a_400(server):
     )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "prompt"
+
+
+def test_shipped_adapter_is_served_by_default_and_changes_confidence(server):
+    ready = httpx.get(f"{server}/ready", timeout=10).json()
+    assert "smollm2-135m-uncertainty" in {a["name"] for a in ready["adapters"]}
+    items = [
+        {"question": "What is 17 + 25?", "answer": "42"},
+        {"question": "Who wrote Hamlet?", "answer": "Dickens"},
+    ]
+    tuned = httpx.post(f"{server}/score", json={"items": items}, timeout=120).json()
+    zero = httpx.post(f"{server}/score", json={"items": items, "method": "zero_shot"}, timeout=120).json()
+    assert tuned["adapter"]["name"] == "smollm2-135m-uncertainty"
+    for a, b in zip(tuned["items"], zero["items"], strict=True):
+        assert a["confidence"] != pytest.approx(b["confidence"], abs=1e-4)
