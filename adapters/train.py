@@ -46,6 +46,7 @@ from service.confidence import (
     query_ids,
     render,
 )
+from service.engine.cpu import cpu_has_native_bf16
 
 if TYPE_CHECKING:
     import torch
@@ -361,14 +362,6 @@ def label_logits_of(
 
 
 # ---------------------------------------------------------------- model
-
-
-def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    try:
-        flags = cpuinfo.read_text()
-    except OSError:
-        return False
-    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
 
 
 def resolve_dtype(name: str) -> Literal["bfloat16", "float32"]:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from service.engine.base import Completion, Engine, GenerationResult, LoRA, SamplingOptions
+from service.engine.cpu import cpu_has_native_bf16
 from service.errors import EngineDeadError, EngineNotReadyError, InvalidRequestError
 
 if TYPE_CHECKING:
@@ -63,6 +64,9 @@ class VLLMEngine(Engine):
         from vllm.v1.engine.async_llm import AsyncLLM
 
         kwargs = dict(self._engine_kwargs)
+        if kwargs["dtype"] == "auto" and current_platform.is_cpu() and not cpu_has_native_bf16():
+            # A bf16 checkpoint would run in emulated bf16, several times slower than float32.
+            kwargs["dtype"] = "float32"
         kv_gib = self._kv_cache_gib
         if kv_gib is None and current_platform.is_cpu():
             kv_gib = DEFAULT_CPU_KV_CACHE_GIB
