@@ -154,10 +154,10 @@ async def evaluate_async(config: EvalConfig, engine: Engine) -> dict[str, Any]:
 def evaluate(config: EvalConfig) -> dict[str, Any]:
     """Run the evaluation with a fresh vLLM engine; returns the report dict."""
     from adapters.labelling import resolve_model
-    from service.engine.vllm_engine import VLLMEngine
+    from adapters.scoring import offline_engine
 
     async def run() -> dict[str, Any]:
-        engine = VLLMEngine(resolve_model(config.model), max_model_len=2048, max_loras=1, max_lora_rank=64)
+        engine = offline_engine(resolve_model(config.model))
         await engine.start()
         try:
             return await evaluate_async(config, engine)

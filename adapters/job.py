@@ -60,11 +60,10 @@ def calibration_records(config: TrainConfig, job: JobConfig) -> list[GradedRecor
 def fit_served_temperature(model: str, adapter_dir: Path, records: list[GradedRecord]) -> dict[str, Any]:
     """Fit T on the adapter's logit gaps as vLLM computes them (what the service serves)."""
     from adapters.calibrate import fit_temperature
-    from adapters.scoring import query_gaps
-    from service.engine.vllm_engine import VLLMEngine
+    from adapters.scoring import offline_engine, query_gaps
 
     async def gaps() -> np.ndarray:
-        engine = VLLMEngine(model, max_model_len=2048, max_loras=1, max_lora_rank=64)
+        engine = offline_engine(model)
         await engine.start()
         try:
             return await query_gaps(engine, records, LoRA("candidate", 1, adapter_dir))

@@ -348,12 +348,10 @@ def collect_items(config: LabelConfig) -> list[QAItem]:
 
 def resolve_model(model: str | None) -> str:
     """The model path to label with; unset means the embedded model (fetched if needed)."""
-    if model:
-        return model
-    from service.model_fetch import ensure_default_model
+    from service.lifecycle import resolve_model as resolve_served_model
     from service.settings import Settings
 
-    return str(ensure_default_model(Settings().model_cache_dir))
+    return resolve_served_model(Settings(model=model))
 
 
 async def _label_with_engine(config: LabelConfig, items: Sequence[QAItem]) -> dict[str, Any]:

@@ -31,6 +31,13 @@ VERBALIZED_QUERY = (
 )
 
 
+def offline_engine(model: str) -> Engine:
+    """The engine offline jobs read adapters with: one LoRA slot, any rank the trainer allows."""
+    from service.engine.vllm_engine import VLLMEngine
+
+    return VLLMEngine(model, max_model_len=2048, max_loras=1, max_lora_rank=64)
+
+
 async def run_chunked(
     items: Sequence[T], func: Callable[[T], Awaitable[float]], *, desc: str, chunk: int = CHUNK
 ) -> list[float]:
