@@ -124,6 +124,14 @@ class TrainConfig:
         default="kl", metadata={"help": "kl: KL(base || adapted); jsd: Jensen-Shannon divergence."}
     )
     num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads; None keeps torch's."})
+    repeat: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "SOURCE=N: repeat that source's training records N times. A rare kind of "
+            "question (e.g. multiple choice among mostly open-ended data) otherwise barely moves "
+            "the adapter, which then misjudges that kind's base rate."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.split in ("all", "None", ""):  # the command line cannot pass None itself
@@ -154,6 +162,7 @@ class TrainConfig:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if not self.target_modules:
             raise ValueError("target_modules: need at least one module name")
+        parse_repeats(self.repeat)
 
 
 @dataclass(frozen=True)
@@ -184,6 +193,22 @@ def read_records(paths: Iterable[str | Path], *, split: str | None = None) -> li
                 if split is None or record.get("split") == split:
                     records.append(record)
     return records
+
+
+def parse_repeats(specs: Sequence[str]) -> dict[str, int]:
+    """{"arc_easy": 3} from ["arc_easy=3"]; ValueError names the bad spec."""
+    repeats = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        if not sep or not name.strip() or not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"repeat: expected SOURCE=N with N >= 1, got {spec!r}")
+        repeats[name.strip()] = int(value)
+    return repeats
+
+
+def oversample(records: Sequence[dict[str, Any]], repeats: dict[str, int]) -> list[dict[str, Any]]:
+    """Each record repeated by its source's factor (1 when not listed); order kept."""
+    return [r for r in records for _ in range(repeats.get(str(r.get("source")), 1))]
 
 
 def question_messages(record: dict[str, Any]) -> list[dict[str, str]]:
@@ -524,7 +549,7 @@ def train(config: TrainConfig) -> Path:
 
     base, tokenizer = load_base(config.model, config.dtype)
     tokens = label_tokens(tokenizer)
-    records = read_records(config.train_files, split=config.split)
+    records = oversample(read_records(config.train_files, split=config.split), parse_repeats(config.repeat))
     examples, skipped = tokenize_records(tokenizer, records, max_len=config.max_len)
     if not examples:
         raise ValueError(
@@ -591,6 +616,7 @@ def train(config: TrainConfig) -> Path:
         "train_files": [str(p) for p in config.train_files],
         "split": config.split,
         "examples": len(examples),
+        "repeat": parse_repeats(config.repeat),
         "correct": n_yes,
         "incorrect": len(examples) - n_yes,
         "skipped_too_long": skipped,
