@@ -13,7 +13,7 @@ from service import error_mapping
 from service.admission import Admission
 from service.engine.base import Engine
 from service.lifecycle import Phase, ServiceState, start_service
-from service.routes import generate, health, score
+from service.routes import adapters, generate, health, score
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ async def _start(
 ) -> None:
     state: ServiceState = app.state.service_state
     try:
-        state.engine, state.service = await start_service(settings, engine)
+        state.engine, state.service, state.ops = await start_service(settings, engine)
     except Exception as exc:  # any start-up failure is fatal: report it, do not lose it
         log.exception("start-up failed")
         state.phase, state.detail = Phase.failed, f"{type(exc).__name__}: {exc}"
@@ -61,6 +61,6 @@ def build_app(
     app.state.service_state = ServiceState()
     app.state.admission = Admission(settings.max_inflight_sequences)
     error_mapping.install(app)
-    for module in (generate, score, health):
+    for module in (generate, score, adapters, health):
         app.include_router(module.router)
     return app

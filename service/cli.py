@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     }
     for name, (help_text, func) in commands.items():
         sub.add_parser(name, help=help_text).set_defaults(func=func)
+    from service import admin_client
+
+    admin_client.add_parser(sub)
     for name, (help_text, func) in PASSTHROUGH.items():
         passthrough = sub.add_parser(name, help=help_text, add_help=False)
         passthrough.add_argument("rest", nargs=argparse.REMAINDER)

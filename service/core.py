@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from service import confidence as cq
@@ -56,17 +58,20 @@ class ConfidenceService:
         self.labels = labels
         self.limits = limits
 
-    def reader(self, method: Method, adapter: str | None) -> ConfidenceReader:
+    @contextmanager
+    def reader(self, method: Method, adapter: str | None) -> Iterator[ConfidenceReader]:
+        """Resolve the adapter once, at the start of the request, and hold it to the end:
+        an adapter switch meanwhile does not change this request's version."""
         if method is Method.zero_shot:
             if adapter is not None:
                 raise InvalidRequestError(
                     "method 'zero_shot' uses no adapter; drop 'adapter'", param="adapter"
                 )
-            return ConfidenceReader(method, None, 1.0, None)
-        loaded = self.registry.resolve(adapter)
-        return ConfidenceReader(
-            method, loaded.lora, loaded.temperature, AdapterInfo(name=loaded.name, version=loaded.version)
-        )
+            yield ConfidenceReader(method, None, 1.0, None)
+            return
+        with self.registry.lease(adapter) as loaded:
+            info = AdapterInfo(name=loaded.name, version=loaded.version)
+            yield ConfidenceReader(method, loaded.lora, loaded.temperature, info)
 
     def query(self, question: list[cq.Message], answer: str, *, param: str) -> list[int]:
         """Token ids of the confidence query, checked against the context length."""
@@ -95,7 +100,10 @@ class ConfidenceService:
         return max_tokens
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
-        reader = self.reader(request.method, request.adapter)  # fail fast, before generating
+        with self.reader(request.method, request.adapter) as reader:  # fail fast, before generating
+            return await self._generate(request, reader)
+
+    async def _generate(self, request: GenerateRequest, reader: ConfidenceReader) -> GenerateResponse:
         max_tokens = self._max_tokens(request)
         chat = request.chat()
         tokenizer = self.engine.tokenizer
@@ -140,7 +148,10 @@ class ConfidenceService:
                 f"{len(request.items)} items exceed this server's limit of {self.limits.max_score_items}",
                 param="items",
             )
-        reader = self.reader(request.method, request.adapter)
+        with self.reader(request.method, request.adapter) as reader:
+            return await self._score(request, reader)
+
+    async def _score(self, request: ScoreRequest, reader: ConfidenceReader) -> ScoreResponse:
         # Tokenize and length-check every item before submitting any: a bad item fails
         # the request before any engine work starts.
         queries = [

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from service.adapter_ops import AdapterOps
 from service.admission import Admission
 from service.core import ConfidenceService
-from service.errors import EngineDeadError, EngineNotReadyError
+from service.errors import AdminDisabledError, EngineDeadError, EngineNotReadyError, UnauthorizedError
 from service.lifecycle import Phase, ServiceState
+from service.settings import Settings
+
+_bearer = HTTPBearer(auto_error=False)
 
 
 def get_state(request: Request) -> ServiceState:
@@ -25,6 +31,26 @@ def get_service(state: Annotated[ServiceState, Depends(get_state)]) -> Confidenc
     return state.service
 
 
+def get_ops(
+    state: Annotated[ServiceState, Depends(get_state)], _: Annotated[ConfidenceService, Depends(get_service)]
+) -> AdapterOps:
+    assert state.ops is not None  # set together with state.service
+    return state.ops
+
+
+def require_admin(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    settings: Settings = request.app.state.settings
+    if settings.admin_token is None:
+        raise AdminDisabledError("the admin API is disabled: set CONFIDENCE_ADMIN_TOKEN to enable it")
+    expected = settings.admin_token.get_secret_value().encode()
+    given = credentials.credentials.encode() if credentials is not None else b""
+    # compare_digest: the time taken does not reveal how much of the token matched.
+    if not secrets.compare_digest(given, expected):
+        raise UnauthorizedError("missing or wrong admin bearer token")
+
+
 def get_admission(request: Request) -> Admission:
     admission: Admission = request.app.state.admission
     return admission
@@ -32,4 +58,6 @@ def get_admission(request: Request) -> Admission:
 
 StateDep = Annotated[ServiceState, Depends(get_state)]
 ServiceDep = Annotated[ConfidenceService, Depends(get_service)]
+OpsDep = Annotated[AdapterOps, Depends(get_ops)]
+AdminDep = Annotated[None, Depends(require_admin)]
 AdmissionDep = Annotated[Admission, Depends(get_admission)]

@@ -8,7 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from service.errors import OverloadedError, ServiceError
+from service.errors import ServiceError
 from service.protocol import ErrorBody, ErrorResponse
 
 
@@ -30,10 +30,7 @@ def _param(loc: tuple[Any, ...]) -> str | None:
 
 async def service_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, OverloadedError) else None
-    if exc.status_code == 503:
-        headers = {"Retry-After": "5"}
-    return _error(exc.status_code, exc.error_type, exc.message, exc.param, headers)
+    return _error(exc.status_code, exc.error_type, exc.message, exc.param, exc.headers())
 
 
 async def validation_error(_: Request, exc: Exception) -> JSONResponse:

@@ -15,6 +15,10 @@ class ServiceError(Exception):
         self.message = message
         self.param = param
 
+    def headers(self) -> dict[str, str] | None:
+        """Extra response headers (Retry-After, WWW-Authenticate)."""
+        return {"Retry-After": "5"} if self.status_code == 503 else None
+
 
 class InvalidRequestError(ServiceError):
     """The request is well-formed JSON but cannot be served as asked (names the field)."""
@@ -62,6 +66,30 @@ class AdapterLoadError(ServiceError):
     error_type = "adapter_invalid"
 
 
+class AdapterConflictError(ServiceError):
+    """The adapter operation contradicts the registry's state (e.g. unloading the default)."""
+
+    status_code = 409
+    error_type = "adapter_conflict"
+
+
+class UnauthorizedError(ServiceError):
+    """Admin call without a valid bearer token."""
+
+    status_code = 401
+    error_type = "unauthorized"
+
+    def headers(self) -> dict[str, str] | None:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class AdminDisabledError(ServiceError):
+    """The admin API is off because no admin token is configured."""
+
+    status_code = 403
+    error_type = "admin_disabled"
+
+
 class OverloadedError(ServiceError):
     """More work in flight than the server admits; the client should retry later."""
 
@@ -71,3 +99,6 @@ class OverloadedError(ServiceError):
     def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str] | None:
+        return {"Retry-After": str(self.retry_after_s)}

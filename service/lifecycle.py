@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service import confidence as cq
+from service.adapter_ops import AdapterOps
 from service.core import ConfidenceService, Limits
 from service.engine.base import Engine, SamplingOptions
 from service.manifest import weights_fingerprint
@@ -37,6 +38,7 @@ class ServiceState:
     detail: str | None = None
     engine: Engine | None = None
     service: ConfidenceService | None = None
+    ops: AdapterOps | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
@@ -57,6 +59,7 @@ def make_engine(settings: Settings, model: str) -> Engine:
         max_model_len=settings.max_model_len,
         max_loras=settings.max_loras,
         max_lora_rank=settings.max_lora_rank,
+        max_cpu_loras=settings.max_cpu_loras,
         kv_cache_gib=settings.kv_cache_gib,
         gpu_memory_utilization=settings.gpu_memory_utilization,
         dtype=settings.dtype,
@@ -65,12 +68,14 @@ def make_engine(settings: Settings, model: str) -> Engine:
     )
 
 
-def base_model_info(engine: Engine) -> BaseModelInfo:
+def base_model_info(engine: Engine, max_lora_rank: int) -> BaseModelInfo:
     path = Path(engine.model_path)
     sha = weights_fingerprint(path) if path.is_dir() else None
     if sha is None:
         log.warning("model %s is not a local directory: adapter base-model checks are skipped", path)
-    return BaseModelInfo(weights_sha256=sha, labels=cq.label_tokens(engine.tokenizer))
+    return BaseModelInfo(
+        weights_sha256=sha, labels=cq.label_tokens(engine.tokenizer), max_lora_rank=max_lora_rank
+    )
 
 
 async def warm_up(service: ConfidenceService) -> None:
@@ -86,12 +91,14 @@ async def warm_up(service: ConfidenceService) -> None:
     )
 
 
-async def start_service(settings: Settings, engine: Engine | None) -> tuple[Engine, ConfidenceService]:
+async def start_service(
+    settings: Settings, engine: Engine | None
+) -> tuple[Engine, ConfidenceService, AdapterOps]:
     if engine is None:
         model = await asyncio.to_thread(resolve_model, settings)
         engine = make_engine(settings, model)
     await engine.start()
-    base = await asyncio.to_thread(base_model_info, engine)
+    base = await asyncio.to_thread(base_model_info, engine, settings.max_lora_rank)
     registry = AdapterRegistry(settings.adapter_root, base, default=settings.default_adapter)
     await asyncio.to_thread(registry.scan)
     limits = Limits(
@@ -103,4 +110,4 @@ async def start_service(settings: Settings, engine: Engine | None) -> tuple[Engi
     )
     service = ConfidenceService(engine, registry, base.labels, limits)
     await warm_up(service)
-    return engine, service
+    return engine, service, AdapterOps(engine, registry, drain_timeout_s=settings.adapter_drain_timeout_s)

@@ -117,6 +117,39 @@ class ScoreResponse(BaseModel):
     items: list[ScoredItem]
 
 
+class AdapterSummary(BaseModel):
+    name: str
+    version: str
+    base_model: str
+    temperature: float
+    template_version: str
+    metrics: dict[str, dict[str, float | None]] = Field(
+        default_factory=dict,
+        description="Per eval set: the adapter's held-out ECE/AUROC/… from its manifest.",
+    )
+    loaded_at: float = Field(description="Unix time the service loaded this version.")
+    requests_served: int
+    in_flight: int
+    current: bool = Field(description="What requests naming only this adapter's name get.")
+    default: bool = Field(description="What requests naming no adapter get.")
+
+
+class AdapterList(BaseModel):
+    default: str | None = Field(description="name@version that requests naming no adapter get.")
+    adapters: list[AdapterSummary]
+    rejected: dict[str, str] = Field(default_factory=dict, description="Adapters on disk refused, and why.")
+
+
+class LoadAdapterRequest(_Strict):
+    name: str = Field(description="Directory under the adapter root.")
+    version: str = Field(description="Sub-directory of the name; versions are immutable.")
+    make_default: bool = Field(default=False, description="Also make this version the default.")
+
+
+class SetDefaultRequest(_Strict):
+    adapter: str = Field(description="name or name@version; becomes the default (and its name's current).")
+
+
 class HealthResponse(BaseModel):
     status: str
     model: str | None = None

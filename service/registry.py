@@ -1,83 +1,86 @@
-"""Uncertainty adapters the service can serve, found under the adapter root.
+"""Which uncertainty adapters are served, under which names, and which one is the default.
 
-Layout: `<root>/<name>/<version>/` holding the PEFT files and `manifest.json`. At start
-each name's newest version is validated against the served base model and the query
-template; adapters that do not match are skipped with the reason kept, so a request for
-one gets a message that says why instead of silently mis-calibrated confidences.
+Layout on disk: `<root>/<name>/<version>/` holding the PEFT files and `manifest.json`.
+Several versions of a name can be loaded at once; each name has a *current* version
+(what `adapter: "name"` gets) and one name is the *default* (what a request naming no
+adapter gets). `name@version` pins a version.
+
+All state changes are plain assignments made on the event loop with no `await` in
+between, so a switch is atomic: a request resolves its adapter once, at its start, and
+holds a lease on it until it ends; requests already running finish on the version they
+started with, new requests see the new one. Unloading waits for the leases to drain.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
-import re
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from service.confidence import QUERY_TEMPLATE_VERSION, LabelTokens
+from service.adapter_files import BaseModelInfo, adapter_dir, inspect_adapter, parse_spec, version_key
 from service.engine.base import LoRA
-from service.errors import AdapterLoadError, AdapterNotFoundError, NoAdapterLoadedError
+from service.errors import (
+    AdapterConflictError,
+    AdapterNotFoundError,
+    NoAdapterLoadedError,
+    ServiceError,
+)
 from service.manifest import MANIFEST_FILE, AdapterManifest
 
 log = logging.getLogger(__name__)
 
+__all__ = ["AdapterRegistry", "BaseModelInfo", "LoadedAdapter"]
 
-@dataclass(frozen=True)
+
+@dataclass(eq=False)
 class LoadedAdapter:
     name: str
     version: str
     temperature: float
     lora: LoRA
     manifest: AdapterManifest
+    loaded_at: float = field(default_factory=time.time)
+    requests_served: int = 0
+    in_flight: int = 0
+    retired: bool = False
+    _idle: asyncio.Event | None = None
 
+    @property
+    def spec(self) -> str:
+        return f"{self.name}@{self.version}"
 
-@dataclass(frozen=True)
-class BaseModelInfo:
-    """What an adapter's manifest must match to be served on this model."""
+    async def drained(self) -> None:
+        """Returns once no request holds this adapter."""
+        if self.in_flight == 0:
+            return
+        self._idle = self._idle or asyncio.Event()
+        await self._idle.wait()
 
-    weights_sha256: str | None  # None: the model is not a local directory (cannot be checked)
-    labels: LabelTokens
-
-
-def _version_key(version: str) -> list[tuple[int, int | str]]:
-    """Natural order, so v10 sorts after v9."""
-    return [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", version) if p]
-
-
-def validate_manifest(manifest: AdapterManifest, base: BaseModelInfo) -> None:
-    """Raise AdapterLoadError if the adapter was trained for another model or template."""
-    if manifest.template_version != QUERY_TEMPLATE_VERSION:
-        raise AdapterLoadError(
-            f"adapter {manifest.name}/{manifest.version} was trained with query template "
-            f"{manifest.template_version!r}; this service renders {QUERY_TEMPLATE_VERSION!r}"
-        )
-    if base.weights_sha256 is not None and manifest.base_model.weights_sha256 != base.weights_sha256:
-        raise AdapterLoadError(
-            f"adapter {manifest.name}/{manifest.version} was trained for base model "
-            f"{manifest.base_model.name!r} (weights {manifest.base_model.weights_sha256[:12]}…), "
-            f"not the served model (weights {base.weights_sha256[:12]}…)"
-        )
-    ids = manifest.label_token_ids
-    if (ids.no, ids.yes) != (base.labels.no_id, base.labels.yes_id):
-        raise AdapterLoadError(
-            f"adapter {manifest.name}/{manifest.version} reads label tokens {ids.no}/{ids.yes}; "
-            f"the served tokenizer gives {base.labels.no_id}/{base.labels.yes_id}"
-        )
+    def _release(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0 and self._idle is not None:
+            self._idle.set()
 
 
 class AdapterRegistry:
     def __init__(self, root: Path, base: BaseModelInfo, *, default: str | None = None) -> None:
         self.root = root
         self.base = base
-        self.default = default
-        self._adapters: dict[str, LoadedAdapter] = {}
+        self.default = default  # a name; its current version serves requests that name none
+        self._loaded: dict[str, dict[str, LoadedAdapter]] = {}
+        self._current: dict[str, str] = {}
         self._rejected: dict[str, str] = {}
         self._ids = itertools.count(1)
 
+    # ------------------------------------------------------------ start-up
+
     def scan(self) -> None:
-        """Load the newest valid version of every adapter under the root."""
+        """Stage the newest valid version of every adapter under the root (start-up)."""
         if not self.root.is_dir():
             log.warning("adapter root %s does not exist: zero-shot confidence only", self.root)
             return
@@ -87,47 +90,127 @@ class AdapterRegistry:
             ]
             if not versions:
                 continue
-            newest = max(versions, key=lambda v: _version_key(v.name))
+            newest = max(versions, key=lambda v: version_key(v.name))
             try:
-                self.add(newest)
-            except AdapterLoadError as exc:
+                self.add(self.prepare(name_dir.name, newest.name))
+            except ServiceError as exc:
                 self._rejected[name_dir.name] = exc.message
                 log.error("not serving adapter %s: %s", name_dir.name, exc.message)
 
-    def add(self, adapter_dir: Path) -> LoadedAdapter:
-        try:
-            manifest = AdapterManifest.read(adapter_dir)
-        except (OSError, ValidationError, ValueError) as exc:
-            raise AdapterLoadError(f"{adapter_dir}: unreadable manifest: {exc}") from exc
-        validate_manifest(manifest, self.base)
-        lora = LoRA(name=manifest.name, int_id=next(self._ids), path=adapter_dir)
-        loaded = LoadedAdapter(manifest.name, manifest.version, manifest.temperature, lora, manifest)
-        self._adapters[manifest.name] = loaded
-        self._rejected.pop(manifest.name, None)
-        log.info("serving adapter %s/%s (T=%.3f)", loaded.name, loaded.version, loaded.temperature)
-        return loaded
+    # ------------------------------------------------------------ changes
 
-    def list(self) -> list[LoadedAdapter]:
-        return list(self._adapters.values())
+    def prepare(self, name: str, version: str) -> LoadedAdapter:
+        """Validate `<root>/<name>/<version>` and give it its own LoRA identity (not yet served).
 
-    def resolve(self, name: str | None) -> LoadedAdapter:
-        """The adapter a request asked for, or the default.
+        Each loaded version gets a fresh vLLM name and int id, so it never shares the
+        engine's LoRA slot or prefix-cache blocks with another version of the same name.
+        """
+        path = adapter_dir(self.root, name, version)
+        manifest = inspect_adapter(path, self.base)
+        uid = next(self._ids)
+        lora = LoRA(name=f"{name}@{version}#{uid}", int_id=uid, path=path)
+        return LoadedAdapter(name, version, manifest.temperature, lora, manifest)
+
+    def add(self, adapter: LoadedAdapter, *, make_current: bool = False) -> None:
+        """Serve `adapter`; it becomes its name's current version if asked or if it is the first."""
+        versions = self._loaded.setdefault(adapter.name, {})
+        if adapter.version in versions:
+            raise AdapterConflictError(f"adapter {adapter.spec} is already loaded", param="version")
+        versions[adapter.version] = adapter
+        if make_current or adapter.name not in self._current:
+            self._current[adapter.name] = adapter.version
+        self._rejected.pop(adapter.name, None)
+        log.info("serving adapter %s (T=%.3f)", adapter.spec, adapter.temperature)
+
+    def set_default(self, spec: str) -> LoadedAdapter:
+        """Make `name[@version]` the default: its name becomes the default and the version
+        that name's current one. One step, no await: atomic for requests."""
+        adapter = self.resolve(spec)
+        self._current[adapter.name] = adapter.version
+        self.default = adapter.name
+        log.info("default adapter is now %s", adapter.spec)
+        return adapter
+
+    def retire(self, spec: str) -> LoadedAdapter:
+        """Stop routing new requests to `name@version`; in-flight ones keep their lease.
 
         Raises:
-            AdapterNotFoundError: the named adapter is not served.
+            AdapterConflictError: it is what requests naming no adapter get.
+        """
+        name, version = parse_spec(spec)
+        adapter = self.resolve(spec if version else f"{name}@{self._current.get(name, '')}")
+        if adapter.name == self.default and self._current.get(adapter.name) == adapter.version:
+            raise AdapterConflictError(
+                f"adapter {adapter.spec} is the default; make another adapter the default first",
+                param="adapter",
+            )
+        versions = self._loaded[adapter.name]
+        del versions[adapter.version]
+        adapter.retired = True
+        if not versions:
+            del self._loaded[adapter.name], self._current[adapter.name]
+        elif self._current[adapter.name] == adapter.version:
+            self._current[adapter.name] = max(versions, key=version_key)
+        log.info("retired adapter %s (%d requests in flight)", adapter.spec, adapter.in_flight)
+        return adapter
+
+    # ------------------------------------------------------------ lookups
+
+    def list(self) -> list[LoadedAdapter]:
+        return [a for versions in self._loaded.values() for a in versions.values()]
+
+    def is_current(self, adapter: LoadedAdapter) -> bool:
+        return self._current.get(adapter.name) == adapter.version
+
+    def default_adapter(self) -> LoadedAdapter | None:
+        if self.default is None or self.default not in self._current:
+            return None
+        return self._loaded[self.default][self._current[self.default]]
+
+    @property
+    def rejected(self) -> dict[str, str]:
+        return dict(self._rejected)
+
+    def resolve(self, spec: str | None) -> LoadedAdapter:
+        """The adapter a request asked for (`name`, `name@version`), or the default.
+
+        Raises:
+            InvalidRequestError: the spec is not a valid name[@version].
+            AdapterNotFoundError: the named adapter (version) is not served.
             NoAdapterLoadedError: no name given and no default adapter is being served.
         """
-        if name is None:
-            if self.default is None or self.default not in self._adapters:
+        if spec is None:
+            default = self.default_adapter()
+            if default is None:
                 why = self._rejected.get(self.default or "", "no trained uncertainty adapter is loaded")
                 raise NoAdapterLoadedError(
                     f"method 'adapter' needs an uncertainty adapter: {why}; "
                     "use method 'zero_shot' or name an adapter",
                     param="adapter",
                 )
-            return self._adapters[self.default]
-        if name in self._adapters:
-            return self._adapters[name]
-        rejected = self._rejected.get(name)
-        detail = f" ({rejected})" if rejected else f"; served adapters: {sorted(self._adapters) or 'none'}"
-        raise AdapterNotFoundError(f"adapter {name!r} is not served{detail}", param="adapter")
+            return default
+        name, version = parse_spec(spec)
+        versions = self._loaded.get(name)
+        if versions is None:
+            rejected = self._rejected.get(name)
+            detail = f" ({rejected})" if rejected else f"; served adapters: {sorted(self._loaded) or 'none'}"
+            raise AdapterNotFoundError(f"adapter {name!r} is not served{detail}", param="adapter")
+        version = version or self._current[name]
+        if version not in versions:
+            loaded = sorted(versions, key=version_key)
+            raise AdapterNotFoundError(
+                f"adapter {name}@{version} is not loaded; loaded versions: {loaded}",
+                param="adapter",
+            )
+        return versions[version]
+
+    @contextmanager
+    def lease(self, spec: str | None) -> Iterator[LoadedAdapter]:
+        """Resolve once and hold the adapter for the whole request (unload waits for it)."""
+        adapter = self.resolve(spec)
+        adapter.in_flight += 1
+        adapter.requests_served += 1
+        try:
+            yield adapter
+        finally:
+            adapter._release()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from platformdirs import user_cache_dir
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The training job exports here; the shipped default adapter lives under it.
@@ -37,6 +37,18 @@ class Settings(BaseSettings):
     )
     max_loras: int = Field(default=4, ge=1, description="Adapters resident in one batch (vLLM max_loras).")
     max_lora_rank: int = Field(default=16, ge=1, description="Largest LoRA rank the engine accepts.")
+    max_cpu_loras: int | None = Field(
+        default=None,
+        ge=1,
+        description="Adapters cached in host memory (default: max_loras); more on disk still work, "
+        "re-read on use.",
+    )
+    admin_token: SecretStr | None = Field(
+        default=None, description="Bearer token for /admin/*; unset disables the admin API."
+    )
+    adapter_drain_timeout_s: float = Field(
+        default=30.0, gt=0, description="How long an unload waits for requests still using the adapter."
+    )
 
     max_model_len: int = Field(default=2048, ge=64, description="Context length (prompt + answer + query).")
     kv_cache_gib: float | None = Field(

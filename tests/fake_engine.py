@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from service.engine.base import Completion, Engine, GenerationResult, LoRA, SamplingOptions
-from service.errors import EngineDeadError
+from service.errors import AdapterLoadError, EngineDeadError
 
 
 class WordTokenizer:
@@ -54,6 +54,8 @@ class FakeEngine(Engine):
         self.in_flight = 0
         self.max_in_flight = 0
         self.calls: list[tuple[str, LoRA | None]] = []
+        self.loras: dict[int, LoRA] = {}
+        self.bad_adapter_versions: set[str] = set()  # versions whose engine load fails
 
     async def start(self) -> None:
         if self.fail_start:
@@ -104,6 +106,14 @@ class FakeEngine(Engine):
     ) -> list[float]:
         await self._enter("prompt_logprobs", lora)
         return [-1.0] * (len(prompt_ids) - max(start, 1))
+
+    async def add_lora(self, lora: LoRA) -> None:
+        if lora.path.name in self.bad_adapter_versions:
+            raise AdapterLoadError(f"fake engine refuses {lora.name}")
+        self.loras[lora.int_id] = lora
+
+    async def remove_lora(self, lora: LoRA) -> None:
+        self.loras.pop(lora.int_id, None)
 
     async def check_health(self) -> None:
         if self.dead:

@@ -87,6 +87,18 @@ class Engine(abc.ABC):
         """Log-probability of each prompt token from position `start` on, given its prefix."""
 
     @abc.abstractmethod
+    async def add_lora(self, lora: LoRA) -> None:
+        """Load an adapter ahead of its first request.
+
+        Raises:
+            AdapterLoadError: the engine cannot serve this adapter.
+        """
+
+    @abc.abstractmethod
+    async def remove_lora(self, lora: LoRA) -> None:
+        """Drop an adapter no request uses any more (frees its slot and host memory)."""
+
+    @abc.abstractmethod
     async def check_health(self) -> None:
         """Raise `EngineDeadError` if the engine can no longer serve."""
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from service.engine.base import Completion, Engine, GenerationResult, LoRA, SamplingOptions
 from service.engine.cpu import cpu_has_native_bf16
-from service.errors import EngineDeadError, EngineNotReadyError, InvalidRequestError
+from service.errors import AdapterLoadError, EngineDeadError, EngineNotReadyError, InvalidRequestError
 
 if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -35,6 +35,7 @@ class VLLMEngine(Engine):
         max_model_len: int,
         max_loras: int,
         max_lora_rank: int,
+        max_cpu_loras: int | None = None,
         kv_cache_gib: float | None = None,
         gpu_memory_utilization: float = 0.9,
         dtype: str = "auto",
@@ -48,6 +49,8 @@ class VLLMEngine(Engine):
             "enable_lora": True,
             "max_loras": max_loras,
             "max_lora_rank": max_lora_rank,
+            # Adapters kept in host memory; beyond it vLLM re-reads them from disk on use.
+            "max_cpu_loras": max(max_cpu_loras or max_loras, max_loras),
             "max_model_len": max_model_len,
             "dtype": dtype,
             "seed": seed,
@@ -102,10 +105,9 @@ class VLLMEngine(Engine):
         """Submit one request and wait for its final output. Many of these run
         concurrently; vLLM's scheduler batches them."""
         from vllm.inputs import TokensPrompt
-        from vllm.lora.request import LoRARequest
         from vllm.v1.engine.exceptions import EngineDeadError as VLLMDeadError
 
-        lora_request = LoRARequest(lora.name, lora.int_id, str(lora.path)) if lora else None
+        lora_request = _lora_request(lora) if lora else None
         prompt = TokensPrompt(prompt_token_ids=list(prompt_ids))
         final = None
         try:
@@ -169,6 +171,20 @@ class VLLMEngine(Engine):
         per_token = out.prompt_logprobs
         return [float(per_token[i][prompt_ids[i]].logprob) for i in range(max(start, 1), len(prompt_ids))]
 
+    async def add_lora(self, lora: LoRA) -> None:
+        from vllm.v1.engine.exceptions import EngineDeadError as VLLMDeadError
+
+        try:
+            await self.llm.add_lora(_lora_request(lora))
+        except VLLMDeadError as exc:
+            raise EngineDeadError("the model engine has died; the service must be restarted") from exc
+        # vLLM reports a bad adapter (shapes, modules, dtype) as whatever its loader raised.
+        except Exception as exc:
+            raise AdapterLoadError(f"vLLM could not load adapter {lora.name}: {exc}") from exc
+
+    async def remove_lora(self, lora: LoRA) -> None:
+        await self.llm.remove_lora(lora.int_id)
+
     async def check_health(self) -> None:
         if self._llm is not None and self._llm.errored:
             raise EngineDeadError("the model engine has died; the service must be restarted")
@@ -177,3 +193,9 @@ class VLLMEngine(Engine):
         if self._llm is not None:
             self._llm.shutdown()
             self._llm = None
+
+
+def _lora_request(lora: LoRA) -> Any:
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest(lora.name, lora.int_id, str(lora.path))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,11 +15,28 @@ from service.settings import Settings
 from tests.fake_engine import FakeEngine
 
 
-def write_adapter(root: Path, name: str, version: str, *, temperature: float = 1.0, **overrides) -> Path:
-    """An adapter directory as the training job exports it (manifest only: the fake engine
-    never reads weights)."""
+def write_lora_files(path: Path, *, rank: int = 8, extra_tensors: tuple[str, ...] = ()) -> None:
+    """PEFT files with the right names and shapes (the fake engine never reads the values)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    (path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": rank, "lora_alpha": 16}))
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    tensors = {
+        f"{prefix}.lora_A.weight": np.zeros((rank, 4), dtype=np.float32),
+        f"{prefix}.lora_B.weight": np.zeros((4, rank), dtype=np.float32),
+        **{name: np.zeros((2, 2), dtype=np.float32) for name in extra_tensors},
+    }
+    save_file(tensors, str(path / "adapter_model.safetensors"))
+
+
+def write_adapter(
+    root: Path, name: str, version: str, *, temperature: float = 1.0, rank: int = 8, **overrides
+) -> Path:
+    """An adapter directory as the training job exports it: manifest plus PEFT files."""
     path = root / name / version
     path.mkdir(parents=True)
+    write_lora_files(path, rank=rank)
     fields = {
         "name": name,
         "version": version,
