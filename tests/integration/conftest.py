@@ -12,6 +12,7 @@ from service import confidence as cq
 from service.confidence import QUERY_TEMPLATE_VERSION
 from service.engine.base import LoRA
 from service.manifest import AdapterManifest, weights_fingerprint
+from service.settings import Settings
 from tests.tiny_model import build_tiny_model
 
 pytestmark = pytest.mark.integration
@@ -46,6 +47,21 @@ def write_manifest(adapter_dir: Path, model_dir: Path, name: str, version: str, 
         label_token_ids={"no": labels.no_id, "yes": labels.yes_id},
         temperature=temperature,
     ).write(adapter_dir)
+
+
+def tiny_settings(model: Path, root: Path, **overrides: object) -> Settings:
+    """Service settings sized for the tiny model: small context and KV cache, two LoRA slots."""
+    fields: dict[str, object] = {
+        "model": str(model),
+        "adapter_root": root,
+        "max_model_len": 512,
+        "kv_cache_gib": 0.25,
+        "max_loras": 2,
+        "max_lora_rank": 8,
+        "default_max_tokens": 8,
+        "query_reserve_tokens": 64,
+    }
+    return Settings.model_validate({**fields, **overrides})
 
 
 @pytest.fixture(scope="session")

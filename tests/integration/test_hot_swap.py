@@ -22,7 +22,7 @@ from service.app import build_app
 from service.manifest import AdapterManifest
 from service.settings import Settings
 from tests.http_server import serve_in_thread
-from tests.integration.conftest import make_random_lora, write_manifest
+from tests.integration.conftest import make_random_lora, tiny_settings, write_manifest
 
 pytestmark = pytest.mark.integration
 
@@ -46,18 +46,7 @@ class Outcome:
 
 
 def settings_for(model: Path, root: Path) -> Settings:
-    return Settings(
-        model=str(model),
-        adapter_root=root,
-        default_adapter="unc",
-        admin_token=TOKEN,
-        max_model_len=512,
-        kv_cache_gib=0.25,
-        max_loras=2,
-        max_lora_rank=8,
-        default_max_tokens=4,
-        query_reserve_tokens=64,
-    )
+    return tiny_settings(model, root, default_adapter="unc", admin_token=TOKEN, default_max_tokens=4)
 
 
 def add_version(model: Path, root: Path, version: str, seed: int) -> Path:

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from service.app import build_app
 from service.manifest import AdapterManifest
-from service.settings import Settings
+from tests.integration.conftest import tiny_settings
 from tests.unit.conftest import wait_ready
 
 pytestmark = pytest.mark.integration
@@ -30,17 +30,7 @@ def client(
     manifest.name = "wrong-base"
     manifest.base_model.weights_sha256 = "f" * 64
     manifest.write(wrong)
-    settings = Settings(
-        model=str(tiny_model),
-        adapter_root=root,
-        default_adapter="alpha",
-        max_model_len=512,
-        kv_cache_gib=0.25,
-        max_loras=2,
-        max_lora_rank=8,
-        default_max_tokens=8,
-        query_reserve_tokens=64,
-    )
+    settings = tiny_settings(tiny_model, root, default_adapter="alpha")
     with TestClient(build_app(settings)) as test_client:
         wait_ready(test_client, timeout=300)
         yield test_client
