@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
@@ -18,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from adapters.data import GradedRecord, Kind, QAItem, stable_seed
-from adapters.grading import extract_number, normalize_answer
+from adapters.grading import answer_window, extract_number, normalize_answer
 from adapters.labelling import answer_messages
 from service import confidence as cq
 from service.engine.base import Engine, LoRA, SamplingOptions
@@ -107,11 +108,32 @@ def softmax(scores: Sequence[float]) -> np.ndarray:
     return arr / arr.sum()
 
 
+def token_f1(a: str, b: str) -> float:
+    """SQuAD-style token overlap F1 of two normalized answers."""
+    x, y = a.split(), b.split()
+    common = sum((Counter(x) & Counter(y)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(x), common / len(y)
+    return 2 * precision * recall / (precision + recall)
+
+
 def same_answer(kind: str | None, a: str, b: str) -> bool:
+    """Whether two answers agree, for self-consistency.
+
+    Numbers compare by value. Free text agrees when the graded windows (first line,
+    first few words — what grading looks at) are equal after normalization, one
+    contains the other, or their token F1 is at least 0.5: sampled answers rephrase
+    ("Paris" / "It is Paris, France"), and counting that as disagreement would make the
+    baseline look worse than it is.
+    """
     if kind == "numeric":
         x, y = extract_number(a), extract_number(b)
         return x is not None and y is not None and math.isclose(x, y, rel_tol=1e-6)
-    return normalize_answer(a) == normalize_answer(b)
+    x, y = normalize_answer(answer_window(a)), normalize_answer(answer_window(b))
+    if not x or not y:
+        return x == y
+    return x == y or f" {x} " in f" {y} " or f" {y} " in f" {x} " or token_f1(x, y) >= 0.5
 
 
 async def self_consistency(

@@ -30,6 +30,16 @@ def test_same_answer_compares_numbers_and_normalized_text():
     assert not scoring.same_answer("open", "Paris", "Lyon")
 
 
+def test_same_answer_accepts_rephrasings_but_not_different_answers():
+    assert scoring.same_answer("open", "It is Paris, France.", "Paris")
+    assert scoring.same_answer("open", "George Washington", "President George Washington")
+    assert not scoring.same_answer("open", "George Washington", "Abraham Lincoln")
+    assert not scoring.same_answer("open", "", "Paris")
+    # Only the graded window counts: a later line does not make two answers agree.
+    assert not scoring.same_answer("open", "Lyon\nParis is the capital", "Paris")
+    assert scoring.token_f1("a b c", "a b d") == pytest.approx(2 / 3)
+
+
 def record(i: int, **kw) -> dict:
     return {"id": f"r{i}", "question": f"q{i}", "answer": "a", "correct": i % 2 == 0, **kw}
 
