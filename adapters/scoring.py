@@ -130,10 +130,10 @@ def same_answer(kind: str | None, a: str, b: str) -> bool:
     if kind == "numeric":
         x, y = extract_number(a), extract_number(b)
         return x is not None and y is not None and math.isclose(x, y, rel_tol=1e-6)
-    x, y = normalize_answer(answer_window(a)), normalize_answer(answer_window(b))
-    if not x or not y:
-        return x == y
-    return x == y or f" {x} " in f" {y} " or f" {y} " in f" {x} " or token_f1(x, y) >= 0.5
+    p, q = normalize_answer(answer_window(a)), normalize_answer(answer_window(b))
+    if not p or not q:
+        return p == q
+    return p == q or f" {p} " in f" {q} " or f" {q} " in f" {p} " or token_f1(p, q) >= 0.5
 
 
 async def self_consistency(
