@@ -13,7 +13,9 @@ from service import error_mapping
 from service.admission import Admission
 from service.engine.base import Engine
 from service.lifecycle import Phase, ServiceState, start_service
-from service.routes import adapters, generate, health, score
+from service.metrics import RequestMetricsMiddleware
+from service.monitoring import monitor_for
+from service.routes import adapters, feedback, generate, health, monitoring, score
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,10 +46,13 @@ def build_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(_start(app, settings, engine, on_fatal))
         app.state.service_state.tasks.add(task)
+        retention = asyncio.create_task(app.state.monitor.run_retention())
         try:
             yield
         finally:
             task.cancel()
+            retention.cancel()
+            app.state.monitor.store.close()
             if app.state.service_state.engine is not None:
                 app.state.service_state.engine.shutdown()
 
@@ -60,7 +65,13 @@ def build_app(
     app.state.settings = settings
     app.state.service_state = ServiceState()
     app.state.admission = Admission(settings.max_inflight_sequences)
+    app.state.monitor = monitor_for(settings, app.state.service_state, app.state.admission)
+    app.add_middleware(
+        RequestMetricsMiddleware,
+        metrics=app.state.monitor.metrics,
+        adapter_label=app.state.monitor.adapter_label,
+    )
     error_mapping.install(app)
-    for module in (generate, score, adapters, health):
+    for module in (generate, score, adapters, health, feedback, monitoring):
         app.include_router(module.router)
     return app

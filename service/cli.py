@@ -47,6 +47,50 @@ def _fetch_model(_: argparse.Namespace) -> int:
     return 0
 
 
+def _feedback_export(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from service.errors import FeedbackStoreError
+    from service.feedback.export import NothingToExportError, export_jsonl
+    from service.feedback.store import open_store
+    from service.settings import Settings
+
+    settings = Settings()
+    store = open_store(db_url=settings.feedback_db_url, db_path=settings.feedback_db_path)
+    since = time.time() - args.days * 86400 if args.days else None
+    try:
+        summary = export_jsonl(store, Path(args.out), adapter=args.adapter, since=since)
+    except (NothingToExportError, FeedbackStoreError) as exc:
+        print(f"confidence feedback export: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    skipped = summary.labelled - summary.written
+    print(
+        f"wrote {summary.written} of {summary.labelled} labelled responses to {args.out}"
+        + (
+            f" (skipped {summary.without_text} without stored text, {summary.multi_turn} multi-turn)"
+            if skipped
+            else ""
+        ),
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _feedback_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    feedback = sub.add_parser("feedback", help="the outcome store of served responses and their feedback")
+    actions = feedback.add_subparsers(dest="action", required=True)
+    export = actions.add_parser(
+        "export", help="write labelled responses as training JSONL (the format `confidence train` reads)"
+    )
+    export.add_argument("--out", required=True, help="JSONL file to write")
+    export.add_argument("--adapter", help="only responses scored by this adapter")
+    export.add_argument("--days", type=float, help="only feedback received in the last N days")
+    export.set_defaults(func=_feedback_export)
+
+
 def _label(args: argparse.Namespace) -> int:
     from adapters.labelling import main as label_main
 
@@ -103,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     from service import admin_client
 
     admin_client.add_parser(sub)
+    _feedback_parser(sub)
     for name, (help_text, func) in PASSTHROUGH.items():
         passthrough = sub.add_parser(name, help=help_text, add_help=False)
         passthrough.add_argument("rest", nargs=argparse.REMAINDER)

@@ -13,6 +13,8 @@ from service.admission import Admission
 from service.core import ConfidenceService
 from service.errors import AdminDisabledError, EngineDeadError, EngineNotReadyError, UnauthorizedError
 from service.lifecycle import Phase, ServiceState
+from service.metrics import LABELS_SCOPE_KEY, RequestLabels
+from service.monitoring import CalibrationMonitor
 from service.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False)
@@ -56,8 +58,22 @@ def get_admission(request: Request) -> Admission:
     return admission
 
 
+def get_monitor(request: Request) -> CalibrationMonitor:
+    monitor: CalibrationMonitor = request.app.state.monitor
+    return monitor
+
+
+def get_request_labels(request: Request) -> RequestLabels:
+    """Where a route notes its method and adapter for the request metrics (a detached
+    object when the metrics middleware is not installed)."""
+    labels: RequestLabels = request.scope.get(LABELS_SCOPE_KEY) or RequestLabels()
+    return labels
+
+
 StateDep = Annotated[ServiceState, Depends(get_state)]
 ServiceDep = Annotated[ConfidenceService, Depends(get_service)]
 OpsDep = Annotated[AdapterOps, Depends(get_ops)]
 AdminDep = Annotated[None, Depends(require_admin)]
 AdmissionDep = Annotated[Admission, Depends(get_admission)]
+MonitorDep = Annotated[CalibrationMonitor, Depends(get_monitor)]
+LabelsDep = Annotated[RequestLabels, Depends(get_request_labels)]

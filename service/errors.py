@@ -102,3 +102,25 @@ class OverloadedError(ServiceError):
 
     def headers(self) -> dict[str, str] | None:
         return {"Retry-After": str(self.retry_after_s)}
+
+
+class ResponseNotFoundError(ServiceError):
+    """Feedback names a response id (or item index) this service never recorded."""
+
+    status_code = 404
+    error_type = "response_not_found"
+
+
+class FeedbackConflictError(ServiceError):
+    """Feedback contradicts feedback already recorded for the same item."""
+
+    status_code = 409
+    error_type = "feedback_conflict"
+
+
+class FeedbackStoreError(ServiceError):
+    """The feedback store could not be read or written (locked, full, unreachable);
+    nothing was stored."""
+
+    status_code = 503
+    error_type = "feedback_store_unavailable"

@@ -5,9 +5,11 @@ from __future__ import annotations
 from enum import Enum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 MAX_TEXT_CHARS = 200_000  # a cheap bound checked before tokenizing; the token limit is the real one
+MAX_FEEDBACK_ITEMS = 256
+MAX_ID_CHARS = 128
 
 
 class Method(str, Enum):
@@ -148,6 +150,94 @@ class LoadAdapterRequest(_Strict):
 
 class SetDefaultRequest(_Strict):
     adapter: str = Field(description="name or name@version; becomes the default (and its name's current).")
+
+
+class FeedbackItem(_Strict):
+    id: str = Field(
+        min_length=1, max_length=MAX_ID_CHARS, description="`id` of a /generate or /score response."
+    )
+    index: int | None = Field(
+        default=None, ge=0, description="Item of a /score response; omit for /generate."
+    )
+    correct: StrictBool = Field(description="Whether the answer was correct.")
+
+
+class FeedbackRequest(_Strict):
+    """One label (`id`, `index` for a /score item, `correct`) or a batch of them in `items`."""
+
+    id: str | None = Field(default=None, min_length=1, max_length=MAX_ID_CHARS)
+    index: int | None = Field(
+        default=None, ge=0, description="Item of a /score response; omit for /generate."
+    )
+    correct: StrictBool | None = None
+    items: list[FeedbackItem] | None = Field(default=None, min_length=1, max_length=MAX_FEEDBACK_ITEMS)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> FeedbackRequest:
+        single = (self.id, self.index, self.correct) != (None, None, None)
+        if self.items is not None and single:
+            raise ValueError("give either a batch in 'items' or one 'id' with 'correct', not both")
+        if self.items is None and (self.id is None or self.correct is None):
+            raise ValueError("give 'id' and 'correct' (or a batch in 'items')")
+        return self
+
+    def labelled(self) -> list[tuple[str, FeedbackItem]]:
+        """Each label with where it stood in the request ("" or "items[i].", for errors)."""
+        if self.items is not None:
+            return [(f"items[{i}].", item) for i, item in enumerate(self.items)]
+        assert self.id is not None and self.correct is not None  # checked by _one_form
+        return [("", FeedbackItem(id=self.id, index=self.index, correct=self.correct))]
+
+
+class FeedbackResponse(BaseModel):
+    recorded: int = Field(description="Labels stored by this request.")
+    duplicates: int = Field(description="Labels that repeated one already stored (idempotent no-ops).")
+
+
+WINDOW_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class CalibrationQuery(_Strict):
+    adapter: str | None = Field(default=None, description="Adapter name; default: the server's default.")
+    method: Method = Method.adapter
+    version: str | None = Field(default=None, description="Only this adapter version; default: all.")
+    window: str = Field(
+        default="24h", pattern=r"^[0-9]+[smhd]$", description="Feedback received in the last 30m, 6h, 7d, …"
+    )
+
+    @field_validator("window")
+    @classmethod
+    def _positive(cls, window: str) -> str:
+        if int(window[:-1]) <= 0:
+            raise ValueError("must be longer than 0")
+        return window
+
+    def window_seconds(self) -> float:
+        return float(int(self.window[:-1]) * WINDOW_UNITS_S[self.window[-1]])
+
+
+class ReliabilityBin(BaseModel):
+    lower: float
+    upper: float
+    count: int
+    mean_confidence: float | None = None
+    accuracy: float | None = None
+
+
+class CalibrationResponse(BaseModel):
+    adapter: str | None
+    method: Method
+    version: str | None
+    window_s: float
+    n: int = Field(description="Labelled confidences in the window.")
+    n_correct: int
+    accuracy: float | None
+    mean_confidence: float | None
+    ece: float | None = Field(description="Expected calibration error, 10 equal-width bins.")
+    brier: float | None
+    auroc: float | None
+    note: str | None = Field(default=None, description="Why a metric is null, if one is.")
+    bins: list[ReliabilityBin]
 
 
 class HealthResponse(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from platformdirs import user_cache_dir
+from platformdirs import user_cache_dir, user_data_dir
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -70,8 +70,33 @@ class Settings(BaseSettings):
     )
     log_level: str = "info"
 
+    feedback_db_path: Path = Field(
+        default=Path(user_data_dir("confidence-service")) / "feedback.sqlite3",
+        description="SQLite file of served responses and their feedback (used when no URL is set).",
+    )
+    feedback_db_url: str | None = Field(
+        default=None, description="PostgreSQL URL (postgresql://user:pass@host/db); set = PostgreSQL."
+    )
+    feedback_store_prompts: bool = Field(
+        default=False,
+        description="Keep question and answer text with each served response (needed to export "
+        "feedback as training data); off by default: prompts may be personal data.",
+    )
+    feedback_retention_days: float = Field(
+        default=90, ge=0, description="Served responses older than this are deleted; 0 keeps them forever."
+    )
+    drift_window: int = Field(
+        default=500, ge=10, description="Recent confidences per adapter compared with its reference (PSI)."
+    )
+
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError("default_max_tokens must not exceed max_tokens_limit")
+        if self.feedback_db_url is not None and not self.feedback_db_url.startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ValueError(
+                "feedback_db_url must be a postgresql:// URL (unset = SQLite at feedback_db_path)"
+            )
         return self

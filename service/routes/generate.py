@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.deps import AdmissionDep, ServiceDep
+from service.deps import AdmissionDep, LabelsDep, MonitorDep, ServiceDep
 from service.protocol import ErrorResponse, GenerateRequest, GenerateResponse
 
 router = APIRouter()
@@ -14,8 +14,15 @@ router = APIRouter()
     responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 429: {"model": ErrorResponse}},
 )
 async def generate(
-    request: GenerateRequest, service: ServiceDep, admission: AdmissionDep
+    request: GenerateRequest,
+    service: ServiceDep,
+    admission: AdmissionDep,
+    monitor: MonitorDep,
+    labels: LabelsDep,
 ) -> GenerateResponse:
     """Answer with the base model and return the calibrated probability the answer is correct."""
+    labels.note(request.method.value, request.adapter)
     with admission.admit(1):
-        return await service.generate(request)
+        response = await service.generate(request)
+    await monitor.served_generate(request, response)
+    return response

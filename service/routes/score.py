@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.deps import AdmissionDep, ServiceDep
+from service.deps import AdmissionDep, LabelsDep, MonitorDep, ServiceDep
 from service.protocol import ErrorResponse, ScoreRequest, ScoreResponse
 
 router = APIRouter()
@@ -13,7 +13,16 @@ router = APIRouter()
     response_model=ScoreResponse,
     responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 429: {"model": ErrorResponse}},
 )
-async def score(request: ScoreRequest, service: ServiceDep, admission: AdmissionDep) -> ScoreResponse:
+async def score(
+    request: ScoreRequest,
+    service: ServiceDep,
+    admission: AdmissionDep,
+    monitor: MonitorDep,
+    labels: LabelsDep,
+) -> ScoreResponse:
     """Confidence that each (question, answer) pair — from any model — is correct."""
+    labels.note(request.method.value, request.adapter)
     with admission.admit(len(request.items)):
-        return await service.score(request)
+        response = await service.score(request)
+    await monitor.served_score(request, response)
+    return response

@@ -26,7 +26,12 @@ def free_port() -> int:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = {**os.environ, "CONFIDENCE_PORT": str(port), "CONFIDENCE_HOST": "127.0.0.1"}
+    env = {
+        **os.environ,
+        "CONFIDENCE_PORT": str(port),
+        "CONFIDENCE_HOST": "127.0.0.1",
+        "CONFIDENCE_FEEDBACK_DB_PATH": str(log_path.parent / "feedback.sqlite3"),
+    }
     env.pop("CONFIDENCE_MODEL", None)  # the embedded default
     with log_path.open("w") as log:
         proc = subprocess.Popen(

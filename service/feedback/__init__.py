@@ -1,0 +1,1 @@
+"""Outcome store: served confidences joined with user feedback; export as training data."""

@@ -1,0 +1,347 @@
+"""The outcome store: every served confidence, joined later with the user's feedback.
+
+One table, one row per confidence served (a /generate response is one item, a /score
+response one item per scored pair). Feedback fills in `correct` on an existing row, so an
+acknowledged label is always attached to the adapter, version and confidence it judges.
+SQLite (WAL, synchronous=FULL) by default; PostgreSQL when a URL is configured, so that
+several replicas share one store. Both speak the same SQL through DB-API; only how to
+connect, the parameter marker and how to start a write transaction differ.
+
+Methods block (disk or network I/O): the async service calls them in a worker thread.
+Every database failure becomes `FeedbackStoreError` after a rollback, so a caller never
+acknowledges what was not committed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from service.errors import (
+    FeedbackConflictError,
+    FeedbackStoreError,
+    InvalidRequestError,
+    ResponseNotFoundError,
+)
+
+log = logging.getLogger(__name__)
+
+TABLE = "confidence_outcomes"
+SCHEMA = (
+    f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+        response_id TEXT NOT NULL,
+        item_index INTEGER NOT NULL,
+        endpoint TEXT NOT NULL,
+        method TEXT NOT NULL,
+        adapter TEXT,
+        adapter_version TEXT,
+        confidence DOUBLE PRECISION NOT NULL,
+        served_at DOUBLE PRECISION NOT NULL,
+        chat TEXT,
+        answer TEXT,
+        correct BOOLEAN,
+        feedback_at DOUBLE PRECISION,
+        PRIMARY KEY (response_id, item_index)
+    )""",
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_feedback_at ON {TABLE} (feedback_at)",
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_served_at ON {TABLE} (served_at)",
+)
+# What a served response writes; feedback later fills in the last two.
+SERVED_COLUMNS = (
+    "response_id, item_index, endpoint, method, adapter, adapter_version, confidence, served_at, chat, answer"
+)
+COLUMNS = f"{SERVED_COLUMNS}, correct, feedback_at"
+LABEL_UPDATE = f"UPDATE {TABLE} SET correct = ?, feedback_at = ? WHERE response_id = ? AND item_index = ?"
+
+
+@dataclass(frozen=True)
+class ServedItem:
+    index: int
+    confidence: float
+    chat: list[dict[str, str]] | None = None  # the question as the model saw it; None = not stored
+    answer: str | None = None
+
+
+@dataclass(frozen=True)
+class ServedResponse:
+    id: str
+    endpoint: str  # "generate" | "score"
+    method: str
+    adapter: str | None  # None for zero-shot
+    adapter_version: str | None
+    served_at: float  # unix seconds
+    items: tuple[ServedItem, ...]
+
+
+@dataclass(frozen=True)
+class Label:
+    """One piece of feedback. `index=None` means "the only item" (a /generate response).
+    `param` is where it stood in the request ("" or "items[3]."), for error messages."""
+
+    id: str
+    index: int | None
+    correct: bool
+    param: str = ""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A stored row: one served confidence and, once labelled, whether it was right."""
+
+    response_id: str
+    index: int
+    endpoint: str
+    method: str
+    adapter: str | None
+    adapter_version: str | None
+    confidence: float
+    served_at: float
+    chat: list[dict[str, str]] | None
+    answer: str | None
+    correct: bool | None
+    feedback_at: float | None
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> Outcome:
+        """A row selected as COLUMNS (SQLite returns booleans as 0/1, hence the bool())."""
+        rid, index, endpoint, method, adapter, version, confidence, served_at, chat, answer, correct, at = row
+        return cls(
+            response_id=rid,
+            index=int(index),
+            endpoint=endpoint,
+            method=method,
+            adapter=adapter,
+            adapter_version=version,
+            confidence=float(confidence),
+            served_at=float(served_at),
+            chat=json.loads(chat) if chat is not None else None,
+            answer=answer,
+            correct=None if correct is None else bool(correct),
+            feedback_at=None if at is None else float(at),
+        )
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    recorded: list[Outcome]  # newly labelled rows (what metrics count)
+    duplicates: int  # labels that repeated what was already stored
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between the SQL databases the store runs on."""
+
+    name: str
+    connect: Callable[[], Any]
+    marker: str  # DB-API parameter marker
+    errors: tuple[type[Exception], ...]
+    begin: str | None  # statement that starts a write transaction; None = the driver starts one
+
+
+def sqlite_dialect(path: Path, *, busy_timeout_s: float = 5.0) -> Dialect:
+    def connect() -> sqlite3.Connection:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: transactions are begun explicitly (BEGIN IMMEDIATE takes the
+        # write lock before reading, so check-then-update cannot interleave with another writer).
+        conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is fsynced before it returns, so an acknowledged label survives a
+        # kill -9 and a power loss alike (NORMAL would only survive the former).
+        conn.execute("PRAGMA synchronous=FULL")
+        return conn
+
+    return Dialect("sqlite", connect, "?", (sqlite3.Error,), "BEGIN IMMEDIATE")
+
+
+def postgres_dialect(url: str, *, connect_timeout_s: int = 5) -> Dialect:
+    import psycopg
+
+    def connect() -> Any:
+        return psycopg.connect(url, connect_timeout=connect_timeout_s)
+
+    return Dialect("postgresql", connect, "%s", (psycopg.Error,), None)
+
+
+class OutcomeStore:
+    """Served responses and their feedback in one SQL table (thread-safe, one connection).
+
+    The connection is opened on first use and reopened after any database error, so the
+    service starts without its database and recovers when the database comes back.
+    """
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self._conn: Any = None
+        self._lock = threading.Lock()
+
+    def _sql(self, statement: str) -> str:
+        return statement.replace("?", self.dialect.marker)
+
+    @contextmanager
+    def _transaction(self, *, write: bool = True) -> Iterator[Any]:
+        """A cursor inside one transaction; any database error rolls back and becomes
+        FeedbackStoreError (domain errors raised inside also roll back, unchanged)."""
+        with self._lock:
+            try:
+                if self._conn is None:
+                    self._conn = self.dialect.connect()
+                    self._create_schema(self._conn)
+                cursor = self._conn.cursor()
+                if write and self.dialect.begin:
+                    cursor.execute(self.dialect.begin)
+                try:
+                    yield cursor
+                except BaseException:
+                    self._conn.rollback()
+                    raise
+                self._conn.commit()
+            except self.dialect.errors as exc:
+                self._discard()
+                log.error("feedback store (%s) failed: %s: %s", self.dialect.name, type(exc).__name__, exc)
+                raise FeedbackStoreError(
+                    f"the feedback store ({self.dialect.name}) is unavailable ({type(exc).__name__}); "
+                    "nothing was stored, retry later"
+                ) from exc
+
+    def _create_schema(self, conn: Any) -> None:
+        cursor = conn.cursor()
+        for statement in SCHEMA:
+            cursor.execute(statement)
+        conn.commit()
+
+    def _discard(self) -> None:
+        if self._conn is not None:
+            with suppress(*self.dialect.errors):
+                self._conn.close()
+            self._conn = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._discard()
+
+    def record(self, response: ServedResponse) -> None:
+        """Store one served response (all its items)."""
+        rows = [
+            (
+                response.id,
+                item.index,
+                response.endpoint,
+                response.method,
+                response.adapter,
+                response.adapter_version,
+                item.confidence,
+                response.served_at,
+                json.dumps(item.chat, ensure_ascii=False) if item.chat is not None else None,
+                item.answer,
+            )
+            for item in response.items
+        ]
+        markers = ", ".join("?" * len(rows[0]))
+        insert = self._sql(f"INSERT INTO {TABLE} ({SERVED_COLUMNS}) VALUES ({markers})")
+        with self._transaction() as cursor:
+            cursor.executemany(insert, rows)
+
+    def add_feedback(self, labels: Sequence[Label], *, now: float) -> FeedbackResult:
+        """Label stored items, all or none.
+
+        Repeating a stored label is a no-op (counted in `duplicates`).
+
+        Raises:
+            ResponseNotFoundError: an id (or its index) was never recorded, or has expired.
+            InvalidRequestError: no index given for a response with several items.
+            FeedbackConflictError: the item is already labelled the other way.
+            FeedbackStoreError: the database failed; nothing was stored.
+        """
+        recorded: list[Outcome] = []
+        duplicates = 0
+        with self._transaction() as cursor:
+            for label in labels:
+                # A second label for the same item in one batch sees the first one's update.
+                row = self._target(cursor, label)
+                if row.correct is None:
+                    cursor.execute(self._sql(LABEL_UPDATE), (label.correct, now, row.response_id, row.index))
+                    recorded.append(_labelled(row, label.correct, now))
+                elif row.correct == label.correct:
+                    duplicates += 1
+                else:
+                    raise FeedbackConflictError(
+                        f"response {label.id!r} item {row.index} is already labelled correct={row.correct}",
+                        param=f"{label.param}correct",
+                    )
+        return FeedbackResult(recorded=recorded, duplicates=duplicates)
+
+    def _target(self, cursor: Any, label: Label) -> Outcome:
+        select = f"SELECT {COLUMNS} FROM {TABLE} WHERE response_id = ? ORDER BY item_index"
+        cursor.execute(self._sql(select), (label.id,))
+        rows = [Outcome.from_row(r) for r in cursor.fetchall()]
+        if not rows:
+            raise ResponseNotFoundError(
+                f"no served response with id {label.id!r} (unknown, or older than the retention period)",
+                param=f"{label.param}id",
+            )
+        if label.index is None:
+            if len(rows) > 1:
+                raise InvalidRequestError(
+                    f"response {label.id!r} scored {len(rows)} items: give the 'index' of the one judged",
+                    param=f"{label.param}index",
+                )
+            return rows[0]
+        for row in rows:
+            if row.index == label.index:
+                return row
+        raise ResponseNotFoundError(
+            f"response {label.id!r} has no item {label.index} (it has {len(rows)})",
+            param=f"{label.param}index",
+        )
+
+    def outcomes(
+        self,
+        *,
+        labelled_since: float | None = None,
+        adapter: str | None = None,
+        method: str | None = None,
+        version: str | None = None,
+    ) -> list[Outcome]:
+        """Labelled rows, oldest feedback first, optionally filtered. `adapter=None` with
+        a method filter selects rows of any adapter."""
+        where = ["correct IS NOT NULL"]
+        params: list[Any] = []
+        for column, value in (
+            ("feedback_at >=", labelled_since),
+            ("adapter =", adapter),
+            ("method =", method),
+            ("adapter_version =", version),
+        ):
+            if value is not None:
+                where.append(f"{column} ?")
+                params.append(value)
+        query = (
+            f"SELECT {COLUMNS} FROM {TABLE} WHERE {' AND '.join(where)} "
+            "ORDER BY feedback_at, response_id, item_index"
+        )
+        with self._transaction(write=False) as cursor:
+            cursor.execute(self._sql(query), params)
+            return [Outcome.from_row(r) for r in cursor.fetchall()]
+
+    def purge(self, *, served_before: float) -> int:
+        """Delete rows served before the cutoff (the retention period); returns how many."""
+        with self._transaction() as cursor:
+            cursor.execute(self._sql(f"DELETE FROM {TABLE} WHERE served_at < ?"), (served_before,))
+            return int(cursor.rowcount)
+
+
+def _labelled(row: Outcome, correct: bool, now: float) -> Outcome:
+    fields = {**row.__dict__, "correct": correct, "feedback_at": now}
+    return Outcome(**fields)
+
+
+def open_store(*, db_url: str | None, db_path: Path) -> OutcomeStore:
+    """PostgreSQL when a URL is given, else SQLite at `db_path`. Connects lazily."""
+    return OutcomeStore(postgres_dialect(db_url) if db_url else sqlite_dialect(db_path))
