@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from service.app import build_app
 from service.feedback.store import OutcomeStore, sqlite_dialect
+from tests.monitoring_helpers import hand_calibration
 from tests.unit.conftest import wait_ready
 
 
@@ -147,19 +148,6 @@ def test_a_locked_store_is_a_503_and_nothing_is_acknowledged(client, settings):
     assert registry.get_sample_value("confidence_feedback_store_errors_total", {"operation": "record"}) == 1
     retried = client.post("/feedback", json={"id": generated["id"], "correct": True})
     assert retried.json() == {"recorded": 1, "duplicates": 0}  # the 503'd label was not stored
-
-
-def hand_calibration(pairs):
-    """ECE (10 equal bins, last one closed), Brier and accuracy, written out longhand."""
-    bins = {}
-    for p, y in pairs:
-        k = min(int(p * 10), 9)
-        count, conf, correct = bins.get(k, (0, 0.0, 0))
-        bins[k] = (count + 1, conf + p, correct + y)
-    n = len(pairs)
-    ece = sum(abs(correct - conf) for _, conf, correct in bins.values()) / n
-    brier = sum((p - y) ** 2 for p, y in pairs) / n
-    return ece, brier, sum(y for _, y in pairs) / n
 
 
 def overconfident_label(index: int) -> bool:
