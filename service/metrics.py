@@ -41,6 +41,7 @@ class ServiceMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._initialized: set[tuple[str, str]] = set()
         r = self.registry
         self.requests = Counter(
             "confidence_requests",
@@ -116,6 +117,9 @@ class ServiceMetrics:
     def init_calibration_series(self, adapter: str, method: str) -> None:
         """Create every feedback series of an adapter at 0, so that Prometheus sees each
         counter before its first increment (`increase()` cannot count a series' first sample)."""
+        if (adapter, method) in self._initialized:
+            return
+        self._initialized.add((adapter, method))
         for bin_label in BIN_LABELS:
             self.feedback_confidence.labels(adapter, method, bin_label)
             for outcome in OUTCOMES:

@@ -144,8 +144,14 @@ class CalibrationMonitor:
         if current is not None and current[0] == adapter.version:
             return current[1]
         reference = self._reference(adapter)
-        window = DriftWindow(reference, size=self.drift_window) if reference else None
-        if window is None:
+        window = None
+        try:
+            window = DriftWindow(reference, size=self.drift_window) if reference else None
+        except ValueError as exc:  # a malformed manifest must not fail answers already computed
+            log.error(
+                "adapter %s/%s: unusable reference histogram (%s): no PSI", adapter.name, adapter.version, exc
+            )
+        if reference is None:
             log.warning("adapter %s/%s has no reference histogram: no PSI", adapter.name, adapter.version)
         self._drift[adapter.name] = (adapter.version, window)
         return window

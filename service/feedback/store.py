@@ -3,7 +3,7 @@
 One table, one row per confidence served (a /generate response is one item, a /score
 response one item per scored pair). Feedback fills in `correct` on an existing row, so an
 acknowledged label is always attached to the adapter, version and confidence it judges.
-SQLite (WAL, synchronous=FULL) by default; PostgreSQL when a URL is configured, so that
+SQLite (WAL; feedback commits fsynced) by default; PostgreSQL when a URL is configured, so that
 several replicas share one store. Both speak the same SQL through DB-API; only how to
 connect, the parameter marker and how to start a write transaction differ.
 
@@ -142,22 +142,28 @@ class Dialect:
     connect: Callable[[], Any]
     marker: str  # DB-API parameter marker
     errors: tuple[type[Exception], ...]
-    begin: str | None  # statement that starts a write transaction; None = the driver starts one
+    # Statements that open a write transaction. durable=True: the commit is on disk before it
+    # returns (feedback, which is acknowledged); False: it may be lost to a power failure,
+    # not to a crash of the process (served records, which are many and merely replaceable).
+    begin: Callable[[bool], tuple[str, ...]]
 
 
 def sqlite_dialect(path: Path, *, busy_timeout_s: float = 5.0) -> Dialect:
     def connect() -> sqlite3.Connection:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: transactions are begun explicitly (BEGIN IMMEDIATE takes the
-        # write lock before reading, so check-then-update cannot interleave with another writer).
+        # isolation_level=None: transactions are begun explicitly, below.
         conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit is fsynced before it returns, so an acknowledged label survives a
-        # kill -9 and a power loss alike (NORMAL would only survive the former).
-        conn.execute("PRAGMA synchronous=FULL")
         return conn
 
-    return Dialect("sqlite", connect, "?", (sqlite3.Error,), "BEGIN IMMEDIATE")
+    def begin(durable: bool) -> tuple[str, ...]:
+        # In WAL mode FULL fsyncs the log at every commit (an acknowledged label survives a
+        # kill -9 and a power loss); NORMAL leaves it to the OS (survives a kill -9). The level
+        # cannot change inside a transaction, hence before BEGIN. IMMEDIATE takes the write
+        # lock before reading, so check-then-update cannot interleave with another writer.
+        return (f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}", "BEGIN IMMEDIATE")
+
+    return Dialect("sqlite", connect, "?", (sqlite3.Error,), begin)
 
 
 def postgres_dialect(url: str, *, connect_timeout_s: int = 5) -> Dialect:
@@ -166,7 +172,11 @@ def postgres_dialect(url: str, *, connect_timeout_s: int = 5) -> Dialect:
     def connect() -> Any:
         return psycopg.connect(url, connect_timeout=connect_timeout_s)
 
-    return Dialect("postgresql", connect, "%s", (psycopg.Error,), None)
+    def begin(durable: bool) -> tuple[str, ...]:
+        # psycopg opens the transaction itself; SET LOCAL applies to it alone.
+        return () if durable else ("SET LOCAL synchronous_commit = off",)
+
+    return Dialect("postgresql", connect, "%s", (psycopg.Error,), begin)
 
 
 class OutcomeStore:
@@ -185,7 +195,7 @@ class OutcomeStore:
         return statement.replace("?", self.dialect.marker)
 
     @contextmanager
-    def _transaction(self, *, write: bool = True) -> Iterator[Any]:
+    def _transaction(self, *, write: bool = True, durable: bool = True) -> Iterator[Any]:
         """A cursor inside one transaction; any database error rolls back and becomes
         FeedbackStoreError (domain errors raised inside also roll back, unchanged)."""
         with self._lock:
@@ -194,8 +204,8 @@ class OutcomeStore:
                     self._conn = self.dialect.connect()
                     self._create_schema(self._conn)
                 cursor = self._conn.cursor()
-                if write and self.dialect.begin:
-                    cursor.execute(self.dialect.begin)
+                for statement in self.dialect.begin(durable) if write else ():
+                    cursor.execute(statement)
                 try:
                     yield cursor
                 except BaseException:
@@ -245,7 +255,7 @@ class OutcomeStore:
         ]
         markers = ", ".join("?" * len(rows[0]))
         insert = self._sql(f"INSERT INTO {TABLE} ({SERVED_COLUMNS}) VALUES ({markers})")
-        with self._transaction() as cursor:
+        with self._transaction(durable=False) as cursor:
             cursor.executemany(insert, rows)
 
     def add_feedback(self, labels: Sequence[Label], *, now: float) -> FeedbackResult:
@@ -332,7 +342,7 @@ class OutcomeStore:
 
     def purge(self, *, served_before: float) -> int:
         """Delete rows served before the cutoff (the retention period); returns how many."""
-        with self._transaction() as cursor:
+        with self._transaction(durable=False) as cursor:
             cursor.execute(self._sql(f"DELETE FROM {TABLE} WHERE served_at < ?"), (served_before,))
             return int(cursor.rowcount)
 

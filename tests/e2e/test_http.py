@@ -81,3 +81,18 @@ def test_shipped_adapter_is_served_by_default_and_changes_confidence(server):
     assert tuned["adapter"]["name"] == "smollm2-135m-uncertainty"
     for a, b in zip(tuned["items"], zero["items"], strict=True):
         assert a["confidence"] != pytest.approx(b["confidence"], abs=1e-4)
+
+
+def test_feedback_and_drift_gauge_for_the_shipped_adapter(server):
+    """The shipped adapter's manifest carries its reference histogram: serving through it
+    feeds the PSI gauge, and feedback on the answer becomes a calibration count."""
+    body = httpx.post(
+        f"{server}/generate", json={"prompt": "What is 7 * 8?", "max_tokens": 8}, timeout=120
+    ).json()
+    adapter = body["adapter"]["name"]
+    ack = httpx.post(f"{server}/feedback", json={"id": body["id"], "correct": False}, timeout=30)
+    assert ack.status_code == 200 and ack.json()["recorded"] == 1
+    metrics = httpx.get(f"{server}/metrics", timeout=30).text
+    assert f'confidence_psi{{adapter="{adapter}"}}' in metrics
+    report = httpx.get(f"{server}/calibration", params={"window": "1h"}, timeout=30).json()
+    assert report["adapter"] == adapter and report["n"] >= 1

@@ -166,3 +166,19 @@ def test_psi_rises_when_the_traffic_mix_changes(tmp_path, settings):
     assert psi_shifted == pytest.approx(psi_by_hand(served[100:], histogram.tolist()))
     assert psi_usual < 0.1 <= 0.2 <= psi_shifted
     assert math.isfinite(psi_shifted)
+
+
+def test_no_psi_without_a_usable_reference_and_answers_still_served(tmp_path, settings, engine):
+    root = tmp_path / "refless"
+    write_adapter(root, "plain", "v1")
+    write_adapter(root, "broken", "v1", reference_histogram={"bin_edges": [0.0, 1.0], "counts": [1, 2, 3]})
+    settings = settings.model_copy(update={"adapter_root": root, "default_adapter": "plain"})
+    with TestClient(build_app(settings, engine=engine)) as client:
+        wait_ready(client)
+        for adapter in ("plain", "broken"):
+            response = client.post("/generate", json={"prompt": "x", "adapter": adapter})
+            assert response.status_code == 200, response.text
+            assert sample(client, "confidence_psi", adapter=adapter) is None
+            assert (
+                sample(client, "confidence_served_confidence_count", adapter=adapter, method="adapter") == 1
+            )

@@ -128,12 +128,18 @@ def test_an_unreachable_postgres_is_a_store_error_and_recovers_nothing_silently(
         store.record(served("r1", [0.5]))
 
 
-def test_sqlite_store_uses_wal_and_full_sync(tmp_path):
+def test_sqlite_fsyncs_feedback_commits_but_not_served_records(tmp_path):
     store = open_store(db_url=None, db_path=tmp_path / "o.sqlite3")
+
+    def synchronous() -> int:
+        with store._transaction(write=False) as cursor:
+            assert cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            return int(cursor.execute("PRAGMA synchronous").fetchone()[0])
+
     store.record(served("r1", [0.5]))
-    with store._transaction(write=False) as cursor:
-        assert cursor.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert cursor.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert synchronous() == 1  # NORMAL
+    store.add_feedback([Label("r1", None, True)], now=1.0)
+    assert synchronous() == 2  # FULL
 
 
 WRITER = textwrap.dedent(
