@@ -5,7 +5,8 @@ plus per-bin confidence sums and a squared-error sum, never as a ratio computed 
 process: Prometheus can then sum them over replicas and any window and derive accuracy,
 ECE and Brier with recording rules (`deploy/prometheus/rules/`). Every label value comes
 from a bounded set: endpoint paths of this app, the two methods, adapters this service
-serves ("none" for zero-shot, "unserved" for any other name a client sends), ten bins.
+serves and their loaded versions ("none" for zero-shot, "unserved" for any other name a
+client sends), ten bins.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ BIN_LABELS = tuple(f"{k / N_BINS:.1f}" for k in range(N_BINS))  # lower edges: "
 CONFIDENCE_BUCKETS = tuple(round((k + 1) / N_BINS, 1) for k in range(N_BINS))
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 OUTCOMES = ("correct", "incorrect")
-NO_ADAPTER = "none"  # the adapter label of zero-shot confidences
+NO_ADAPTER = "none"  # the adapter (and version) label of zero-shot confidences
 UNSERVED = "unserved"  # the adapter label of a request naming an adapter that is not served
 OTHER_ENDPOINT = "other"
 
@@ -41,7 +42,7 @@ class ServiceMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self._initialized: set[tuple[str, str]] = set()
+        self._initialized: set[tuple[str, str, str]] = set()
         r = self.registry
         self.requests = Counter(
             "confidence_requests",
@@ -71,40 +72,40 @@ class ServiceMetrics:
         )
         self.confidence = Histogram(
             "confidence_served_confidence",
-            "Confidences returned, by adapter and method.",
-            ["adapter", "method"],
+            "Confidences returned, by adapter, version and method.",
+            ["adapter", "version", "method"],
             buckets=CONFIDENCE_BUCKETS,
             registry=r,
         )
         self.feedback = Counter(
             "confidence_feedback",
-            "Labelled confidences by adapter, method, confidence bin (lower edge) and outcome.",
-            ["adapter", "method", "bin", "outcome"],
+            "Labelled confidences by adapter, version, method, confidence bin (lower edge) and outcome.",
+            ["adapter", "version", "method", "bin", "outcome"],
             registry=r,
         )
         self.feedback_confidence = Counter(
             "confidence_feedback_confidence_sum",
             "Sum of the labelled confidences per bin (with the counts: mean confidence per bin, ECE).",
-            ["adapter", "method", "bin"],
+            ["adapter", "version", "method", "bin"],
             registry=r,
         )
         self.feedback_squared_error = Counter(
             "confidence_feedback_squared_error",
             "Sum of (confidence - outcome)^2 over labelled confidences (divided by the count: Brier).",
-            ["adapter", "method"],
+            ["adapter", "version", "method"],
             registry=r,
         )
         self.psi = Gauge(
             "confidence_psi",
             "Population stability index of this replica's recent confidences against the adapter's "
             "reference histogram (label-free drift).",
-            ["adapter"],
+            ["adapter", "version"],
             registry=r,
         )
         self.psi_samples = Gauge(
             "confidence_psi_window_samples",
             "Confidences in the window the PSI is computed on.",
-            ["adapter"],
+            ["adapter", "version"],
             registry=r,
         )
         self.store_errors = Counter(
@@ -114,24 +115,29 @@ class ServiceMetrics:
             registry=r,
         )
 
-    def init_calibration_series(self, adapter: str, method: str) -> None:
-        """Create every feedback series of an adapter at 0, so that Prometheus sees each
-        counter before its first increment (`increase()` cannot count a series' first sample)."""
-        if (adapter, method) in self._initialized:
+    def init_calibration_series(self, adapter: str, version: str, method: str) -> None:
+        """Create every feedback series of an adapter version at 0, so that Prometheus sees
+        each counter before its first increment (`increase()` cannot count a series' first
+        sample)."""
+        key = (adapter, version, method)
+        if key in self._initialized:
             return
-        self._initialized.add((adapter, method))
+        self._initialized.add(key)
         for bin_label in BIN_LABELS:
-            self.feedback_confidence.labels(adapter, method, bin_label)
+            self.feedback_confidence.labels(*key, bin_label)
             for outcome in OUTCOMES:
-                self.feedback.labels(adapter, method, bin_label, outcome)
-        self.feedback_squared_error.labels(adapter, method)
-        self.confidence.labels(adapter, method)
+                self.feedback.labels(*key, bin_label, outcome)
+        self.feedback_squared_error.labels(*key)
+        self.confidence.labels(*key)
 
-    def observe_feedback(self, adapter: str, method: str, confidence: float, correct: bool) -> None:
-        bin_label = confidence_bin(confidence)
-        self.feedback.labels(adapter, method, bin_label, OUTCOMES[0] if correct else OUTCOMES[1]).inc()
-        self.feedback_confidence.labels(adapter, method, bin_label).inc(confidence)
-        self.feedback_squared_error.labels(adapter, method).inc((confidence - float(correct)) ** 2)
+    def observe_feedback(
+        self, adapter: str, version: str, method: str, confidence: float, correct: bool
+    ) -> None:
+        self.init_calibration_series(adapter, version, method)  # its other outcome's series too
+        key, bin_label = (adapter, version, method), confidence_bin(confidence)
+        self.feedback.labels(*key, bin_label, OUTCOMES[0] if correct else OUTCOMES[1]).inc()
+        self.feedback_confidence.labels(*key, bin_label).inc(confidence)
+        self.feedback_squared_error.labels(*key).inc((confidence - float(correct)) ** 2)
 
 
 @dataclass

@@ -69,8 +69,8 @@ class CalibrationMonitor:
         self.drift_window = drift_window
         self.retention_days = retention_days
         self.clock = clock
-        # adapter name -> (version, its drift window; None when its manifest has no reference)
-        self._drift: dict[str, tuple[str, DriftWindow | None]] = {}
+        # (adapter name, version) -> its drift window; None when it has no usable reference
+        self._drift: dict[tuple[str, str], DriftWindow | None] = {}
 
     # ---------------------------------------------------------------- labels
 
@@ -111,16 +111,16 @@ class CalibrationMonitor:
         adapter: AdapterInfo | None,
         items: list[ServedItem],
     ) -> None:
-        label = adapter.name if adapter else NO_ADAPTER
-        self.metrics.init_calibration_series(label, method.value)
+        name, version = (adapter.name, adapter.version) if adapter else (NO_ADAPTER, NO_ADAPTER)
+        self.metrics.init_calibration_series(name, version, method.value)
         window = self._window(adapter) if adapter else None
         for item in items:
-            self.metrics.confidence.labels(label, method.value).observe(item.confidence)
+            self.metrics.confidence.labels(name, version, method.value).observe(item.confidence)
             if window is not None:
                 window.add(item.confidence)
-        if window is not None and adapter is not None:
-            self.metrics.psi.labels(adapter.name).set(window.psi() or 0.0)
-            self.metrics.psi_samples.labels(adapter.name).set(window.samples)
+        if window is not None:
+            self.metrics.psi.labels(name, version).set(window.psi() or 0.0)
+            self.metrics.psi_samples.labels(name, version).set(window.samples)
         served = ServedResponse(
             id=response_id,
             endpoint=endpoint,
@@ -139,10 +139,10 @@ class CalibrationMonitor:
             )
 
     def _window(self, adapter: AdapterInfo) -> DriftWindow | None:
-        """The drift window of this adapter version, started anew when the version changes."""
-        current = self._drift.get(adapter.name)
-        if current is not None and current[0] == adapter.version:
-            return current[1]
+        """The drift window of this adapter version (created on its first confidence)."""
+        key = (adapter.name, adapter.version)
+        if key in self._drift:
+            return self._drift[key]
         reference = self._reference(adapter)
         window = None
         try:
@@ -153,7 +153,7 @@ class CalibrationMonitor:
             )
         if reference is None:
             log.warning("adapter %s/%s has no reference histogram: no PSI", adapter.name, adapter.version)
-        self._drift[adapter.name] = (adapter.version, window)
+        self._drift[key] = window
         return window
 
     def _reference(self, adapter: AdapterInfo) -> ReferenceHistogram | None:
@@ -179,8 +179,13 @@ class CalibrationMonitor:
             raise
         for outcome in result.recorded:
             assert outcome.correct is not None
-            label = outcome.adapter or NO_ADAPTER
-            self.metrics.observe_feedback(label, outcome.method, outcome.confidence, outcome.correct)
+            self.metrics.observe_feedback(
+                outcome.adapter or NO_ADAPTER,
+                outcome.adapter_version or NO_ADAPTER,
+                outcome.method,
+                outcome.confidence,
+                outcome.correct,
+            )
         return FeedbackResponse(recorded=len(result.recorded), duplicates=result.duplicates)
 
     # ---------------------------------------------------------------- calibration report
@@ -217,8 +222,9 @@ class CalibrationMonitor:
     # ---------------------------------------------------------------- upkeep
 
     async def refresh(self, engine: Engine | None, *, ready: bool) -> None:
-        """Update what is read at scrape time: engine health, and zero series for every
-        served adapter (so Prometheus sees them before the first feedback)."""
+        """Update what is read at scrape time: engine health, zero series for every loaded
+        adapter version (so Prometheus sees them before the first feedback), and no drift
+        gauge for a version that was unloaded (its frozen value could keep an alert firing)."""
         healthy = False
         if ready and engine is not None:
             try:
@@ -227,9 +233,14 @@ class CalibrationMonitor:
             except EngineDeadError:
                 healthy = False
         self.metrics.engine_healthy.set(1.0 if healthy else 0.0)
-        for adapter in self.adapters():
-            self.metrics.init_calibration_series(adapter.name, Method.adapter.value)
-        self.metrics.init_calibration_series(NO_ADAPTER, Method.zero_shot.value)
+        loaded = {(a.name, a.version) for a in self.adapters()}
+        for name, version in loaded:
+            self.metrics.init_calibration_series(name, version, Method.adapter.value)
+        self.metrics.init_calibration_series(NO_ADAPTER, NO_ADAPTER, Method.zero_shot.value)
+        for key in [k for k in self._drift if k not in loaded]:
+            if self._drift.pop(key) is not None:
+                self.metrics.psi.remove(*key)
+                self.metrics.psi_samples.remove(*key)
 
     async def run_retention(self, *, interval_s: float = RETENTION_INTERVAL_S) -> None:
         """Delete expired rows now and then every `interval_s`, until cancelled."""

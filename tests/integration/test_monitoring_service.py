@@ -141,12 +141,14 @@ def test_calibration_monitoring_end_to_end(tiny_model, served_root, tmp_path):
     print(f"n={len(pairs)} hand ECE={ece:.6f} Brier={brier:.6f} accuracy={accuracy:.4f}")
     series, end = series_from_scrapes({"replica-1": [before, after]})
     expected = {
-        "adapter_method:confidence_ece:1h": ece,
-        "adapter_method:confidence_brier:1h": brier,
-        "adapter_method:confidence_accuracy:1h": accuracy,
+        "adapter_version_method:confidence_ece:1h": ece,
+        "adapter_version_method:confidence_brier:1h": brier,
+        "adapter_version_method:confidence_accuracy:1h": accuracy,
     }
-    assert_rules_give(tmp_path, series, end, expected, {"adapter": "alpha", "method": "adapter"})
-    assert 'confidence_psi{adapter="alpha"}' in after
+    assert_rules_give(
+        tmp_path, series, end, expected, {"adapter": "alpha", "version": "v1", "method": "adapter"}
+    )
+    assert 'confidence_psi{adapter="alpha",version="v1"}' in after
 
     env["CONFIDENCE_PORT"] = str(free_port())
     with running_service(env, tmp_path / "serve-2.log") as (base, _):

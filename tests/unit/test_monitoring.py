@@ -33,7 +33,13 @@ def test_metrics_page_is_prometheus_text_with_engine_and_capacity(client):
     assert sample(client, "confidence_inflight_sequences") == 0
     # Every served adapter's calibration series exist at 0 before any feedback.
     for bin_label in BIN_LABELS:
-        labels = {"adapter": "other", "method": "adapter", "bin": bin_label, "outcome": "correct"}
+        labels = {
+            "adapter": "other",
+            "version": "v1",
+            "method": "adapter",
+            "bin": bin_label,
+            "outcome": "correct",
+        }
         assert sample(client, "confidence_feedback_total", **labels) == 0.0
 
 
@@ -64,7 +70,7 @@ def test_requests_are_counted_and_timed_with_bounded_labels(client):
     )
     assert sample(client, "confidence_generated_tokens_total") == body["usage"]["completion_tokens"]
     assert sample(client, "confidence_prompt_tokens_total") == body["usage"]["prompt_tokens"]
-    served = {"adapter": "none", "method": "zero_shot"}
+    served = {"adapter": "none", "version": "none", "method": "zero_shot"}
     assert sample(client, "confidence_served_confidence_count", **served) == 3
 
 
@@ -79,7 +85,7 @@ def test_feedback_counters_carry_bin_outcome_and_sums(client):
     per_bin: dict[str, list[float]] = {}
     for p in confidences:
         per_bin.setdefault(confidence_bin(p), []).append(p)
-    base = {"adapter": "default-unc", "method": "adapter"}
+    base = {"adapter": "default-unc", "version": "v1", "method": "adapter"}
     for bin_label, ps in per_bin.items():
         total = sum(
             sample(client, "confidence_feedback_total", **base, bin=bin_label, outcome=o)
@@ -178,7 +184,40 @@ def test_no_psi_without_a_usable_reference_and_answers_still_served(tmp_path, se
         for adapter in ("plain", "broken"):
             response = client.post("/generate", json={"prompt": "x", "adapter": adapter})
             assert response.status_code == 200, response.text
-            assert sample(client, "confidence_psi", adapter=adapter) is None
+            assert sample(client, "confidence_psi", adapter=adapter, version="v1") is None
             assert (
-                sample(client, "confidence_served_confidence_count", adapter=adapter, method="adapter") == 1
+                sample(
+                    client,
+                    "confidence_served_confidence_count",
+                    adapter=adapter,
+                    version="v1",
+                    method="adapter",
+                )
+                == 1
             )
+
+
+def test_versions_served_side_by_side_are_monitored_apart(tmp_path, settings, engine):
+    """During a hot swap both versions serve: each gets its own confidence, feedback and drift
+    series, and an unloaded version's drift gauge disappears (a frozen value could page)."""
+    root = tmp_path / "swap"
+    reference = {"bin_edges": [k / 10 for k in range(11)], "counts": [1] * 10}
+    for version in ("v1", "v2"):
+        write_adapter(root, "unc", version, reference_histogram=reference)
+    settings = settings.model_copy(update={"adapter_root": root, "default_adapter": "unc"})
+    with TestClient(build_app(settings, engine=engine)) as client:
+        wait_ready(client)
+        registry = client.app.state.service_state.service.registry
+        registry.add(registry.prepare("unc", "v1"))  # start-up loaded the newest, v2
+        for spec in ("unc@v1", "unc@v2", "unc@v2"):
+            body = client.post("/generate", json={"prompt": "x", "adapter": spec}).json()
+            client.post("/feedback", json={"id": body["id"], "correct": True})
+        for version, served in (("v1", 1), ("v2", 2)):
+            labels = {"adapter": "unc", "version": version, "method": "adapter"}
+            assert sample(client, "confidence_served_confidence_count", **labels) == served
+            assert sample(client, "confidence_feedback_squared_error_total", **labels) is not None
+            assert sample(client, "confidence_psi_window_samples", adapter="unc", version=version) == served
+        registry.retire("unc@v1")
+        metrics = client.get("/metrics").text
+    assert 'confidence_psi{adapter="unc",version="v2"}' in metrics
+    assert 'confidence_psi{adapter="unc",version="v1"}' not in metrics

@@ -89,13 +89,15 @@ def test_recording_rules_on_real_metrics_give_the_hand_computed_ece(replicas, tm
     assert abs(mean_confidence - accuracy) > 0.1  # the labels really disagree with the confidences
     series, end = series_from_scrapes({name: [before[name], after[name]] for name in replicas})
     expected = {
-        "adapter_method:confidence_ece:1h": ece,
-        "adapter_method:confidence_brier:1h": brier,
-        "adapter_method:confidence_accuracy:1h": accuracy,
-        "adapter_method:confidence_overconfidence:1h": mean_confidence - accuracy,
-        "adapter_method:confidence_feedback_count:increase1h": len(pairs),
+        "adapter_version_method:confidence_ece:1h": ece,
+        "adapter_version_method:confidence_brier:1h": brier,
+        "adapter_version_method:confidence_accuracy:1h": accuracy,
+        "adapter_version_method:confidence_overconfidence:1h": mean_confidence - accuracy,
+        "adapter_version_method:confidence_feedback_count:increase1h": len(pairs),
     }
-    assert_rules_give(tmp_path, series, end, expected, {"adapter": "default-unc", "method": "adapter"})
+    assert_rules_give(
+        tmp_path, series, end, expected, {"adapter": "default-unc", "version": "v1", "method": "adapter"}
+    )
     # The in-process report over the shared store agrees, on either replica.
     report = b.get("/calibration", params={"window": "1h"}).json()
     assert report["n"] == len(pairs)
