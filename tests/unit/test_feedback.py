@@ -208,3 +208,13 @@ def test_bad_calibration_query_is_a_400(client, params, param):
     response = client.get("/calibration", params=params)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"].endswith(param)
+
+
+def test_a_feedback_db_url_must_be_postgresql():
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    with pytest.raises(ValidationError, match="postgresql://"):
+        Settings(feedback_db_url="mysql://user@host/db")
+    assert Settings(feedback_db_url="postgresql://u@h/db").feedback_db_url == "postgresql://u@h/db"

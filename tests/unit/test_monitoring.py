@@ -167,6 +167,7 @@ def test_psi_rises_when_the_traffic_mix_changes(tmp_path, settings):
         psi_usual, n_usual = send(first)
         assert served == pytest.approx([conf[qa] for qa in first])  # the fake engine as predicted
         psi_shifted, n_shifted = send(second)
+    print(f"PSI on usual traffic {psi_usual:.4f}, after the mix changed {psi_shifted:.4f}")
     assert n_usual == n_shifted == 100
     assert psi_usual == pytest.approx(psi_by_hand(served[:100], histogram.tolist()))
     assert psi_shifted == pytest.approx(psi_by_hand(served[100:], histogram.tolist()))

@@ -86,6 +86,10 @@ def test_recording_rules_on_real_metrics_give_the_hand_computed_ece(replicas, tm
 
     ece, brier, accuracy = hand_calibration(pairs)
     mean_confidence = sum(p for p, _ in pairs) / len(pairs)
+    print(
+        f"n={len(pairs)} hand ECE={ece:.6f} Brier={brier:.6f} accuracy={accuracy:.4f} "
+        f"mean confidence={mean_confidence:.4f}"
+    )
     assert abs(mean_confidence - accuracy) > 0.1  # the labels really disagree with the confidences
     series, end = series_from_scrapes({name: [before[name], after[name]] for name in replicas})
     expected = {
