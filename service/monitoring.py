@@ -55,7 +55,7 @@ class CalibrationMonitor:
         metrics: ServiceMetrics,
         *,
         adapters: Callable[[], Iterable[LoadedAdapter]],
-        default_adapter: str | None,
+        default_adapter: Callable[[], str | None],
         store_prompts: bool,
         drift_window: int,
         retention_days: float,
@@ -75,10 +75,11 @@ class CalibrationMonitor:
     # ---------------------------------------------------------------- labels
 
     def adapter_label(self, method: str, adapter: str | None) -> str:
-        """A bounded value for the `adapter` label of a request's metrics."""
+        """A bounded value for the `adapter` label of a request's metrics: the name (a
+        `name@version` pin counts under its name) if it is served, else "unserved"."""
         if method == Method.zero_shot.value:
             return NO_ADAPTER
-        name = adapter if adapter is not None else self.default_adapter
+        name = adapter.partition("@")[0] if adapter is not None else self.default_adapter()
         served = {a.name for a in self.adapters()}
         return name if name in served else UNSERVED
 
@@ -214,7 +215,7 @@ class CalibrationMonitor:
                     "method 'zero_shot' uses no adapter; drop 'adapter'", param="adapter"
                 )
             return None
-        adapter = query.adapter or self.default_adapter
+        adapter = query.adapter or self.default_adapter()
         if adapter is None:
             raise InvalidRequestError("this server has no default adapter: name one", param="adapter")
         return adapter
@@ -311,11 +312,14 @@ def monitor_for(settings: Settings, state: ServiceState, admission: Admission) -
     def served_adapters() -> list[LoadedAdapter]:
         return state.service.registry.list() if state.service is not None else []
 
+    def default_adapter() -> str | None:  # the admin API can change it at run time
+        return state.service.registry.default if state.service is not None else settings.default_adapter
+
     return CalibrationMonitor(
         open_store(db_url=settings.feedback_db_url, db_path=settings.feedback_db_path),
         metrics,
         adapters=served_adapters,
-        default_adapter=settings.default_adapter,
+        default_adapter=default_adapter,
         store_prompts=settings.feedback_store_prompts,
         drift_window=settings.drift_window,
         retention_days=settings.feedback_retention_days,

@@ -215,9 +215,10 @@ class OutcomeStore:
             except self.dialect.errors as exc:
                 self._discard()
                 log.error("feedback store (%s) failed: %s: %s", self.dialect.name, type(exc).__name__, exc)
+                stored = "nothing was stored, " if write else ""
                 raise FeedbackStoreError(
                     f"the feedback store ({self.dialect.name}) is unavailable ({type(exc).__name__}); "
-                    "nothing was stored, retry later"
+                    f"{stored}retry later"
                 ) from exc
 
     def _create_schema(self, conn: Any) -> None:

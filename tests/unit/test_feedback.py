@@ -218,3 +218,15 @@ def test_a_feedback_db_url_must_be_postgresql():
     with pytest.raises(ValidationError, match="postgresql://"):
         Settings(feedback_db_url="mysql://user@host/db")
     assert Settings(feedback_db_url="postgresql://u@h/db").feedback_db_url == "postgresql://u@h/db"
+
+
+def test_an_unreachable_database_fails_feedback_and_reports_but_not_answers(settings, engine):
+    settings = settings.model_copy(update={"feedback_db_url": "postgresql://postgres@127.0.0.1:9/none"})
+    with TestClient(build_app(settings, engine=engine)) as client:
+        wait_ready(client)
+        generated = client.post("/generate", json={"prompt": "2+2?"})
+        assert generated.status_code == 200
+        feedback = client.post("/feedback", json={"id": generated.json()["id"], "correct": True})
+        report = client.get("/calibration")
+    assert feedback.status_code == 503 and "nothing was stored" in feedback.json()["error"]["message"]
+    assert report.status_code == 503 and report.json()["error"]["type"] == "feedback_store_unavailable"

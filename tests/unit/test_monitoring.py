@@ -205,6 +205,7 @@ def test_versions_served_side_by_side_are_monitored_apart(tmp_path, settings, en
     reference = {"bin_edges": [k / 10 for k in range(11)], "counts": [1] * 10}
     for version in ("v1", "v2"):
         write_adapter(root, "unc", version, reference_histogram=reference)
+    write_adapter(root, "other", "v1")
     settings = settings.model_copy(update={"adapter_root": root, "default_adapter": "unc"})
     with TestClient(build_app(settings, engine=engine)) as client:
         wait_ready(client)
@@ -218,6 +219,11 @@ def test_versions_served_side_by_side_are_monitored_apart(tmp_path, settings, en
             assert sample(client, "confidence_served_confidence_count", **labels) == served
             assert sample(client, "confidence_feedback_squared_error_total", **labels) is not None
             assert sample(client, "confidence_psi_window_samples", adapter="unc", version=version) == served
+        pinned = {"endpoint": "/generate", "method": "adapter", "adapter": "unc", "code": "200"}
+        assert sample(client, "confidence_requests_total", **pinned) == 3  # a pin counts under its name
+        registry.set_default("unc@v1")  # what the admin API does
+        registry.set_default("other")
+        assert client.get("/calibration").json()["adapter"] == "other"
         registry.retire("unc@v1")
         metrics = client.get("/metrics").text
     assert 'confidence_psi{adapter="unc",version="v2"}' in metrics
