@@ -70,6 +70,9 @@ class VLLMEngine(Engine):
         self._tokenizer: Any = None
 
     async def start(self) -> None:
+        """Start vLLM; a second call on a started engine does nothing."""
+        if self._llm is not None:
+            return
         from vllm import AsyncEngineArgs
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
