@@ -15,7 +15,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +61,32 @@ def parser(description: str | None) -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, default=None, help="result JSON (default: bench/results/<name>.json)")
     return p
+
+
+@dataclass(frozen=True)
+class Script:
+    """A benchmark's command line: the common arguments plus its `options`; `--quick`
+    applies its `quick` sizes; `main` measures with its own engine, prints, writes JSON."""
+
+    name: str
+    doc: str | None
+    options: Callable[[argparse.ArgumentParser], None]
+    quick: dict[str, Any]
+    measure: Callable[[argparse.Namespace], Coroutine[Any, Any, dict[str, Any]]]
+    report: Callable[[dict[str, Any]], None]
+
+    def parse(self, argv: list[str] | None = None) -> argparse.Namespace:
+        p = parser(self.doc)
+        self.options(p)
+        args = p.parse_args(argv)
+        if args.quick:
+            vars(args).update(self.quick)
+        return args
+
+    def main(self, argv: list[str] | None = None) -> int:
+        args = self.parse(argv)
+        publish(self.name, args, asyncio.run(self.measure(args)), self.report)
+        return 0
 
 
 def settings_for(args: argparse.Namespace, **overrides: Any) -> Any:

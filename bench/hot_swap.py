@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import QUESTIONS, http_server, parser, percentile, publish, settings_for, table
+from bench.common import QUESTIONS, Script, http_server, percentile, settings_for, table
 
 NAME = "hot_swap"
 TOKEN = "bench-hot-swap"
@@ -116,23 +116,18 @@ def report(result: dict[str, Any]) -> None:
     table(title, ["window", "requests", "p50 s", "p99 s"], rows)
 
 
-def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = parser(__doc__)
+QUICK: dict[str, Any] = {"clients": 4, "steady_s": 2.0, "after_s": 1.0, "max_tokens": 4}
+
+
+def options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--steady-s", type=float, default=20.0)
     p.add_argument("--after-s", type=float, default=5.0)
     p.add_argument("--max-tokens", type=int, default=32)
-    args = p.parse_args(argv)
-    if args.quick:
-        args.clients, args.steady_s, args.after_s, args.max_tokens = 4, 2.0, 1.0, 4
-    return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
-    publish(NAME, args, asyncio.run(measure(args)), report)
-    return 0
-
+SCRIPT = Script(NAME, __doc__, options, QUICK, measure, report)
+parse, main = SCRIPT.parse, SCRIPT.main
 
 if __name__ == "__main__":
     raise SystemExit(main())

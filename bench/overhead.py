@@ -14,16 +14,14 @@ Goal: latency ratio <= 1.15.
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
 
 from bench.common import (
     QUESTIONS,
+    Script,
     Timing,
     closed_loop,
     in_process_service,
-    parser,
-    publish,
     settings_for,
     table,
 )
@@ -100,22 +98,17 @@ def report(result: dict[str, Any]) -> None:
     )
 
 
-def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = parser(__doc__)
+QUICK: dict[str, Any] = {"requests": 4, "clients": [1, 4], "max_tokens": 8}
+
+
+def options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--requests", type=int, default=64, help="requests per arm and client count")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 16])
     p.add_argument("--max-tokens", type=int, default=64)
-    args = p.parse_args(argv)
-    if args.quick:
-        args.requests, args.clients, args.max_tokens = 4, [1, 4], 8
-    return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
-    publish(NAME, args, asyncio.run(measure(args)), report)
-    return 0
-
+SCRIPT = Script(NAME, __doc__, options, QUICK, measure, report)
+parse, main = SCRIPT.parse, SCRIPT.main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -18,7 +18,7 @@ import math
 import time
 from typing import Any
 
-from bench.common import GRADED, closed_loop, http_server, parser, publish, settings_for, table
+from bench.common import GRADED, Script, closed_loop, http_server, settings_for, table
 
 NAME = "score_throughput"
 
@@ -114,23 +114,18 @@ def report(result: dict[str, Any]) -> None:
     table(title, ["clients", "batch", "items/s", "x naive", "p50 s", "p99 s"], rows)
 
 
-def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = parser(__doc__)
+QUICK: dict[str, Any] = {"clients": [1, 4], "batches": [1, 4], "requests": 2, "naive_items": 8}
+
+
+def options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     p.add_argument("--requests", type=int, default=8, help="requests per client at each point")
     p.add_argument("--naive-items", type=int, default=128)
-    args = p.parse_args(argv)
-    if args.quick:
-        args.clients, args.batches, args.requests, args.naive_items = [1, 4], [1, 4], 2, 8
-    return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
-    publish(NAME, args, asyncio.run(measure(args)), report)
-    return 0
-
+SCRIPT = Script(NAME, __doc__, options, QUICK, measure, report)
+parse, main = SCRIPT.parse, SCRIPT.main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -15,13 +15,12 @@ each for the same items, the cost ratio, and AUROC / ECE / Brier side by side
 from __future__ import annotations
 
 import argparse
-import asyncio
 import time
 from typing import Any
 
 import numpy as np
 
-from bench.common import GRADED, in_process_service, parser, publish, settings_for, table
+from bench.common import GRADED, Script, in_process_service, settings_for, table
 
 NAME = "vs_sampling"
 OPEN_KINDS = ("open", "numeric")
@@ -91,21 +90,16 @@ def report(result: dict[str, Any]) -> None:
     table(title, ["method", "total s", "ms/item", "AUROC", "ECE", "Brier"], rows)
 
 
-def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = parser(__doc__)
+QUICK: dict[str, Any] = {"items": 6, "k": 3}
+
+
+def options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--items", type=int, default=150)
     p.add_argument("--k", type=int, default=10, help="samples per item for self-consistency")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.items, args.k = 6, 3
-    return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
-    publish(NAME, args, asyncio.run(measure(args)), report)
-    return 0
-
+SCRIPT = Script(NAME, __doc__, options, QUICK, measure, report)
+parse, main = SCRIPT.parse, SCRIPT.main
 
 if __name__ == "__main__":
     raise SystemExit(main())

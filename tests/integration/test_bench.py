@@ -17,6 +17,7 @@ import pytest_asyncio
 
 from bench import hot_swap, load_test, lora_cost, overhead, quality, score_throughput, vs_sampling
 from bench.common import REPO, http_server, publish, settings_for
+from tests.integration.conftest import started_engine
 
 pytestmark = pytest.mark.integration
 in_module_loop = pytest.mark.asyncio(loop_scope="module")  # the loop bench_engine lives in
@@ -24,12 +25,8 @@ in_module_loop = pytest.mark.asyncio(loop_scope="module")  # the loop bench_engi
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def bench_engine(tiny_model: Path) -> AsyncIterator[object]:
-    from service.engine.vllm_engine import VLLMEngine
-
-    engine = VLLMEngine(str(tiny_model), max_model_len=512, max_loras=2, max_lora_rank=8, kv_cache_gib=0.25)
-    await engine.start()
-    yield engine
-    engine.shutdown()
+    async with started_engine(tiny_model, max_loras=2) as engine:
+        yield engine
 
 
 def quick_args(module, tiny_model: Path, adapter_root: Path, out: Path, *extra: str):
