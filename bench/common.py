@@ -260,18 +260,21 @@ async def http_server(
     Serving from the benchmark's own loop (not a thread) lets a shared engine be served:
     vLLM's client belongs to the loop that started it.
     """
+    from service.app import build_app
+
+    async with serve_app(build_app(settings, engine=engine), engine, ready_timeout_s=ready_timeout_s) as url:
+        yield url
+
+
+@asynccontextmanager
+async def serve_app(app: Any, engine: Any = None, *, ready_timeout_s: float = 900) -> AsyncIterator[str]:
+    """Serve `app` (built around `engine`, if given) until the block ends; yields its URL once ready."""
     import httpx
     import uvicorn
 
-    from service.app import build_app
-
     port = free_port()
     config = uvicorn.Config(
-        build_app(settings, engine=engine),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        timeout_graceful_shutdown=5,
+        app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=5
     )
     server = uvicorn.Server(config)
     original_shutdown = engine.shutdown if engine is not None else None
