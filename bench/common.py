@@ -139,7 +139,7 @@ def write_result(name: str, args: argparse.Namespace, data: dict[str, Any]) -> P
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "benchmark": name,
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": command(name),
         "quick": args.quick,
         "model": args.model or "embedded SmolLM2-135M-Instruct",
         "adapter": str(args.adapter),
@@ -150,6 +150,13 @@ def write_result(name: str, args: argparse.Namespace, data: dict[str, Any]) -> P
     out.write_text(json.dumps(record, indent=2, default=float) + "\n")
     print(f"wrote {out}")
     return out
+
+
+def command(name: str) -> str:
+    """How this result was produced, as a command to paste (or that it ran inside a test)."""
+    if Path(sys.argv[0]).stem != name:
+        return f"python -m bench.{name} (called in-process by {Path(sys.argv[0]).name})"
+    return " ".join(["python", "-m", f"bench.{name}", *sys.argv[1:]])
 
 
 def publish(
