@@ -98,19 +98,10 @@ def lora_cost(r: dict[str, Any]) -> list[str]:
 
 
 def load_test(r: dict[str, Any]) -> list[str]:
-    keys = (
-        "clients",
-        "duration_s",
-        "requests",
-        "statuses",
-        "five_xx",
-        "hangs",
-        "p50_s",
-        "p99_s",
-        "throughput_rps",
-    )
-    rows = [[json.dumps(r[k]) if k == "statuses" else r[k] for k in keys]]
-    return md(["clients", "s", "requests", "statuses", "5xx", "hangs", "p50 s", "p99 s", "req/s"], rows)
+    from bench.load_test import COLUMNS
+
+    rows = [[json.dumps(r[k]) if k == "statuses" else r[k] for k in COLUMNS]]
+    return md(list(COLUMNS.values()), rows)
 
 
 SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {

@@ -104,19 +104,22 @@ async def measure(args: argparse.Namespace, engine: Any = None) -> dict[str, Any
         return await run_load(url, **options)
 
 
+# The columns of its table (here and in docs/benchmarks.md), with their headers.
+COLUMNS = dict(
+    clients="clients",
+    duration_s="s",
+    requests="requests",
+    statuses="statuses",
+    five_xx="5xx",
+    hangs="hangs",
+    p50_s="p50 s",
+    p99_s="p99 s",
+    throughput_rps="req/s",
+)
+
+
 def report(result: dict[str, Any]) -> None:
-    keys = (
-        "clients",
-        "duration_s",
-        "requests",
-        "statuses",
-        "five_xx",
-        "hangs",
-        "p50_s",
-        "p99_s",
-        "throughput_rps",
-    )
-    rows = [[result[k] for k in keys]]
+    rows = [[result[k] for k in COLUMNS]]
     verdict = "OK" if result["ok"] else f"FAILED {result['errors']}"
     table(
         f"Load test: {verdict}",
