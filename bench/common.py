@@ -14,6 +14,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
@@ -94,6 +95,9 @@ def settings_for(args: argparse.Namespace, **overrides: Any) -> Any:
     from service.settings import Settings
 
     fields: dict[str, Any] = {
+        # Served responses are recorded in the outcome store: a benchmark's go to a scratch
+        # database, never the user's (unless CONFIDENCE_FEEDBACK_DB_* says where).
+        "feedback_db_path": Path(tempfile.mkdtemp(prefix="bench-feedback-")) / "feedback.sqlite3",
         "model": args.model,
         "adapter_root": args.adapter.parent.parent,
         "default_adapter": args.adapter.parent.name,
@@ -101,6 +105,8 @@ def settings_for(args: argparse.Namespace, **overrides: Any) -> Any:
         "kv_cache_gib": args.kv_cache_gib,
         "log_level": "warning",
     }
+    if "CONFIDENCE_FEEDBACK_DB_PATH" in os.environ or "CONFIDENCE_FEEDBACK_DB_URL" in os.environ:
+        del fields["feedback_db_path"]
     return Settings.model_validate({**fields, **overrides})
 
 

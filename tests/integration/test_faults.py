@@ -37,7 +37,14 @@ async def served(tiny_model: Path, adapter_root: Path, tmp_path_factory: pytest.
     shutil.copytree(adapter_root, root)
     async with started_engine(tiny_model, max_loras=1) as engine:
         settings = tiny_settings(
-            tiny_model, root, default_adapter="alpha", max_loras=1, max_cpu_loras=1, max_tokens_limit=LONG
+            tiny_model,
+            root,
+            default_adapter="alpha",
+            max_loras=1,
+            max_cpu_loras=1,
+            max_tokens_limit=LONG,
+            feedback_db_path=root.parent
+            / "feedback.sqlite3",  # module scope: set here, not by the env fixture
         )
         app = build_app(settings, engine=engine)
         async with serve_app(app, engine, ready_timeout_s=300) as url:

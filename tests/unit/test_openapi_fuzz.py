@@ -54,6 +54,7 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory):
         max_tokens_limit=16,
         query_reserve_tokens=16,
         max_body_bytes=64 * 1024,
+        feedback_db_path=root.parent / "feedback.sqlite3",  # module scope: before the autouse env fixture
     )
     app = build_app(settings, engine=FakeEngine())
     # A too-large body is refused with 413, which is as much a rejection as a 400.
