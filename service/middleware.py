@@ -49,7 +49,8 @@ class RequestGuard:
             await self._run(scope, body, receive, send)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes | Unread:
-        """The whole body, or TOO_LARGE as soon as it is (or says it will be) over the limit."""
+        """The whole body; TOO_LARGE as soon as it is (or says it will be) over the limit;
+        CLIENT_GONE if the client left while sending it."""
         declared = dict(scope.get("headers", ())).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             return Unread.TOO_LARGE
