@@ -667,8 +667,10 @@ def label_logit_gaps(
     with torch.no_grad():
         for start in range(0, len(prompts), batch_size):
             ids, mask = left_pad(prompts[start : start + batch_size])
+            # Wherever the model lives (the GPU in the benchmark's baseline).
+            ids, mask = ids.to(model.device), mask.to(model.device)
             label_logits, _ = label_logits_of(model, ids, mask, tokens)
-            gaps.append((label_logits[:, 1] - label_logits[:, 0]).float().numpy())
+            gaps.append((label_logits[:, 1] - label_logits[:, 0]).float().cpu().numpy())
     model.train(was_training)
     return np.concatenate(gaps) if gaps else np.zeros(0, dtype=np.float32)
 

@@ -46,14 +46,19 @@ class AdapterOps:
             AdapterConflictError: nothing was changed.
         """
         async with self._lock:
+            if any((a.name, a.version) == (name, version) for a in self.registry.list()):
+                raise AdapterConflictError(f"adapter {name}@{version} is already loaded", param="version")
             adapter = await asyncio.to_thread(self.registry.prepare, name, version)
-            if any(a.spec == adapter.spec for a in self.registry.list()):
-                raise AdapterConflictError(f"adapter {adapter.spec} is already loaded", param="version")
-            await self.engine.add_lora(adapter.lora)
+            try:
+                await self.engine.add_lora(adapter.lora)
+            except AdapterLoadError:
+                self.registry.discard(adapter)
+                raise
             try:
                 await self.warm_up(adapter)
             except AdapterLoadError:
                 await self.engine.remove_lora(adapter.lora)
+                self.registry.discard(adapter)
                 raise
             self.registry.add(adapter)
             if make_default:
@@ -75,4 +80,5 @@ class AdapterOps:
             log.warning("adapter %s: %d requests still running after %.0f s; freeing it anyway",
                         adapter.spec, adapter.in_flight, self.drain_timeout_s)  # fmt: skip
         await self.engine.remove_lora(adapter.lora)
+        self.registry.discard(adapter)
         return adapter

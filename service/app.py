@@ -9,14 +9,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service import error_mapping
+from service import error_mapping, middleware
 from service.admission import Admission
+from service.deadline import Deadline
 from service.engine.base import Engine
 from service.lifecycle import Phase, ServiceState, start_service
 from service.metrics import RequestMetricsMiddleware
 from service.monitoring import monitor_for
 from service.routes import adapters, feedback, generate, health, monitoring, score
 from service.settings import Settings
+from service.watchdog import watch_engine
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +31,20 @@ async def _start(
         state.engine, state.service, state.ops = await start_service(settings, engine)
     except Exception as exc:  # any start-up failure is fatal: report it, do not lose it
         log.exception("start-up failed")
-        state.phase, state.detail = Phase.failed, f"{type(exc).__name__}: {exc}"
+        state.phase, state.detail = Phase.failed, f"start-up failed: {type(exc).__name__}: {exc}"
         on_fatal()
         return
     state.phase = Phase.ready
     log.info("ready: serving %s", state.engine.model_path)
+    await watch_engine(state, on_fatal, interval_s=settings.watchdog_interval_s)
 
 
 def build_app(
     settings: Settings, *, engine: Engine | None = None, on_fatal: Callable[[], None] = lambda: None
 ) -> FastAPI:
     """The service app. `engine=None` builds the real vLLM engine from `settings` at start-up;
-    tests pass a `FakeEngine`. `on_fatal` is called if start-up fails (the CLI stops the server)."""
+    tests pass a `FakeEngine`. `on_fatal` is called if start-up fails or the engine dies later
+    (the CLI stops the server and exits non-zero)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -55,6 +59,8 @@ def build_app(
             app.state.monitor.store.close()
             if app.state.service_state.engine is not None:
                 app.state.service_state.engine.shutdown()
+            if app.state.service_state.service is not None:
+                app.state.service_state.service.registry.close()
 
     app = FastAPI(
         title="Calibrated-confidence LLM service",
@@ -65,7 +71,11 @@ def build_app(
     app.state.settings = settings
     app.state.service_state = ServiceState()
     app.state.admission = Admission(settings.max_inflight_sequences)
+    app.state.deadline = Deadline(settings.request_timeout_s or None)
     app.state.monitor = monitor_for(settings, app.state.service_state, app.state.admission)
+    # Added first, so it runs inside the metrics middleware: its 413s and the 499 it reports
+    # for departed clients are counted like any other response.
+    middleware.install(app, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(
         RequestMetricsMiddleware,
         metrics=app.state.monitor.metrics,

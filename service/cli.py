@@ -28,8 +28,8 @@ def _serve(_: argparse.Namespace) -> int:
     server = holder["server"] = uvicorn.Server(config)
     server.run()
     state = app.state.service_state
-    if state.detail and state.phase.value == "failed":
-        print(f"confidence serve: start-up failed: {state.detail}", file=sys.stderr)
+    if state.phase.value == "failed":  # start-up failed, or the watchdog saw the engine die
+        print(f"confidence serve: {state.detail}", file=sys.stderr)
         return 1
     return 0
 

@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from service.adapter_ops import AdapterOps
 from service.admission import Admission
 from service.core import ConfidenceService
+from service.deadline import Deadline
 from service.errors import AdminDisabledError, EngineDeadError, EngineNotReadyError, UnauthorizedError
 from service.lifecycle import Phase, ServiceState
 from service.metrics import LABELS_SCOPE_KEY, RequestLabels
@@ -27,7 +28,7 @@ def get_state(request: Request) -> ServiceState:
 
 def get_service(state: Annotated[ServiceState, Depends(get_state)]) -> ConfidenceService:
     if state.phase is Phase.failed:
-        raise EngineDeadError(f"the service failed to start: {state.detail}")
+        raise EngineDeadError(f"the service cannot serve: {state.detail}")
     if state.service is None:
         raise EngineNotReadyError("the model is still loading; retry shortly")
     return state.service
@@ -70,6 +71,11 @@ def get_request_labels(request: Request) -> RequestLabels:
     return labels
 
 
+def get_deadline(request: Request) -> Deadline:
+    deadline: Deadline = request.app.state.deadline
+    return deadline
+
+
 StateDep = Annotated[ServiceState, Depends(get_state)]
 ServiceDep = Annotated[ConfidenceService, Depends(get_service)]
 OpsDep = Annotated[AdapterOps, Depends(get_ops)]
@@ -77,3 +83,4 @@ AdminDep = Annotated[None, Depends(require_admin)]
 AdmissionDep = Annotated[Admission, Depends(get_admission)]
 MonitorDep = Annotated[CalibrationMonitor, Depends(get_monitor)]
 LabelsDep = Annotated[RequestLabels, Depends(get_request_labels)]
+DeadlineDep = Annotated[Deadline, Depends(get_deadline)]

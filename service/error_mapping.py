@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import ServiceError
 from service.protocol import ErrorBody, ErrorResponse
@@ -28,15 +29,34 @@ def _param(loc: tuple[Any, ...]) -> str | None:
     return out or None
 
 
+def error_response(exc: ServiceError) -> JSONResponse:
+    """The JSON response for a typed error (also used by the ASGI middleware, outside FastAPI)."""
+    return _error(exc.status_code, exc.error_type, exc.message, exc.param, exc.headers())
+
+
 async def service_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    return _error(exc.status_code, exc.error_type, exc.message, exc.param, exc.headers())
+    return error_response(exc)
+
+
+# Starlette's own errors (unknown path, wrong method, a body that is not UTF-8 JSON)
+# get the same JSON shape as ours instead of `{"detail": ...}`.
+HTTP_ERROR_TYPES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}
+
+
+async def http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    type_ = HTTP_ERROR_TYPES.get(exc.status_code, "http_error")
+    return _error(exc.status_code, type_, str(exc.detail), None, dict(exc.headers or {}) or None)
 
 
 async def validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    first: dict[str, Any] = dict(errors[0]) if errors else {"loc": (), "msg": "invalid request"}
+    if first.get("type") == "json_invalid":  # loc is ("body", character offset)
+        why = (first.get("ctx") or {}).get("error", "")
+        return _error(400, "invalid_request", f"body is not valid JSON: {why}", "body")
     param = _param(tuple(first.get("loc", ())))
     message = str(first.get("msg", "invalid request"))
     if param:
@@ -46,6 +66,17 @@ async def validation_error(_: Request, exc: Exception) -> JSONResponse:
     return _error(400, "invalid_request", message, param)
 
 
+def documented(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entry: these status codes answer with the error body."""
+    return {code: {"model": ErrorResponse} for code in codes}
+
+
+# What every inference route can answer besides 200: bad input, unknown adapter, no
+# adapter, body too large, overload, engine not ready or dead, past the time limit.
+INFERENCE_ERRORS = documented(400, 404, 409, 413, 429, 503, 504)
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)

@@ -53,6 +53,30 @@ class EngineDeadError(ServiceError):
     error_type = "engine_dead"
 
 
+class AdapterUnavailableError(ServiceError):
+    """A served adapter's files vanished from disk; reading it now would crash the engine."""
+
+    status_code = 503
+    error_type = "adapter_unavailable"
+
+
+class RequestTimeoutError(ServiceError):
+    """The request ran past `CONFIDENCE_REQUEST_TIMEOUT_S`; its engine work was aborted."""
+
+    status_code = 504
+    error_type = "request_timeout"
+
+    def headers(self) -> dict[str, str] | None:
+        return None  # retrying the same request would most likely time out again
+
+
+class PayloadTooLargeError(ServiceError):
+    """The request body is larger than `CONFIDENCE_MAX_BODY_BYTES` (refused before parsing)."""
+
+    status_code = 413
+    error_type = "payload_too_large"
+
+
 class ModelFetchError(ServiceError):
     """The embedded model could not be fetched or verified (a start-up error, not HTTP)."""
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from service import confidence as cq
 from service.adapter_ops import AdapterOps
+from service.adapter_snapshot import AdapterSnapshots
 from service.core import ConfidenceService, Limits
 from service.engine.base import Engine, SamplingOptions
 from service.manifest import weights_fingerprint
@@ -99,7 +100,9 @@ async def start_service(
         engine = make_engine(settings, model)
     await engine.start()
     base = await asyncio.to_thread(base_model_info, engine, settings.max_lora_rank)
-    registry = AdapterRegistry(settings.adapter_root, base, default=settings.default_adapter)
+    registry = AdapterRegistry(
+        settings.adapter_root, base, default=settings.default_adapter, snapshots=AdapterSnapshots()
+    )
     await asyncio.to_thread(registry.scan)
     limits = Limits(
         max_model_len=engine.max_model_len,

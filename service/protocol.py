@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
@@ -34,8 +34,9 @@ class GenerateRequest(_Strict):
     max_tokens: int | None = Field(default=None, ge=1, description="Defaults to the server's default.")
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    stop: list[str] | None = Field(default=None, max_length=8)
-    seed: int | None = None
+    stop: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(default=None, max_length=8)
+    # Engines seed a 64-bit generator; a larger value would fail inside the engine.
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     adapter: str | None = Field(default=None, description="Uncertainty adapter; default = server default.")
     method: Method = Method.adapter
 

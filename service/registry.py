@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.adapter_files import BaseModelInfo, adapter_dir, inspect_adapter, parse_spec, version_key
+from service.adapter_snapshot import AdapterSnapshots
 from service.engine.base import LoRA
 from service.errors import (
     AdapterConflictError,
@@ -68,9 +69,18 @@ class LoadedAdapter:
 
 
 class AdapterRegistry:
-    def __init__(self, root: Path, base: BaseModelInfo, *, default: str | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        base: BaseModelInfo,
+        *,
+        default: str | None = None,
+        snapshots: AdapterSnapshots | None = None,
+    ) -> None:
         self.root = root
         self.base = base
+        # None: serve straight from the adapter root (which must then stay as it is).
+        self.snapshots = snapshots
         self.default = default  # a name; its current version serves requests that name none
         self._loaded: dict[str, dict[str, LoadedAdapter]] = {}
         self._current: dict[str, str] = {}
@@ -92,7 +102,12 @@ class AdapterRegistry:
                 continue
             newest = max(versions, key=lambda v: version_key(v.name))
             try:
-                self.add(self.prepare(name_dir.name, newest.name))
+                adapter = self.prepare(name_dir.name, newest.name)
+                try:
+                    self.add(adapter)
+                except ServiceError:
+                    self.discard(adapter)
+                    raise
             except ServiceError as exc:
                 self._rejected[name_dir.name] = exc.message
                 log.error("not serving adapter %s: %s", name_dir.name, exc.message)
@@ -106,10 +121,26 @@ class AdapterRegistry:
         engine's LoRA slot or prefix-cache blocks with another version of the same name.
         """
         path = adapter_dir(self.root, name, version)
-        manifest = inspect_adapter(path, self.base)
         uid = next(self._ids)
+        if self.snapshots is not None:
+            path = self.snapshots.take(path, uid)  # validated and served: the same bytes
+        try:
+            manifest = inspect_adapter(path, self.base)
+        except ServiceError:
+            if self.snapshots is not None:
+                self.snapshots.drop(path)
+            raise
         lora = LoRA(name=f"{name}@{version}#{uid}", int_id=uid, path=path)
         return LoadedAdapter(name, version, manifest.temperature, lora, manifest)
+
+    def discard(self, adapter: LoadedAdapter) -> None:
+        """Delete the files of a prepared adapter the engine no longer (or never) serves."""
+        if self.snapshots is not None:
+            self.snapshots.drop(adapter.lora.path)
+
+    def close(self) -> None:
+        if self.snapshots is not None:
+            self.snapshots.close()
 
     def add(self, adapter: LoadedAdapter, *, make_current: bool = False) -> None:
         """Serve `adapter`; it becomes its name's current version if asked or if it is the first."""

@@ -68,6 +68,18 @@ class Settings(BaseSettings):
     query_reserve_tokens: int = Field(
         default=64, ge=0, description="Context kept free after the answer for the confidence query."
     )
+    request_timeout_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="Longest a /generate or /score request may run before it gets a 504 and its engine "
+        "work is aborted; 0 = no limit.",
+    )
+    max_body_bytes: int = Field(
+        default=4 << 20, ge=1024, description="Largest request body; larger ones get 413 before parsing."
+    )
+    watchdog_interval_s: float = Field(
+        default=2.0, gt=0, description="How often the engine's health is checked once serving."
+    )
     log_level: str = "info"
 
     feedback_db_path: Path = Field(

@@ -51,6 +51,8 @@ class FakeEngine(Engine):
         self._max_model_len = max_model_len
         self.fail_start = fail_start
         self.dead = False
+        self.latency_s = 0.01  # how long each engine call takes; tests raise it to keep calls in flight
+        self.cancelled = 0  # calls cancelled while in flight (what aborts a vLLM request)
         self.in_flight = 0
         self.max_in_flight = 0
         self.calls: list[tuple[str, LoRA | None]] = []
@@ -76,11 +78,20 @@ class FakeEngine(Engine):
     async def _enter(self, kind: str, lora: LoRA | None) -> None:
         if self.dead:
             raise EngineDeadError("fake engine is dead")
+        if lora is not None and not (lora.path / "adapter_config.json").is_file():
+            # What vLLM 0.32 does when it must re-read an adapter whose files are gone.
+            self.dead = True
+            raise EngineDeadError(f"fake engine died re-reading {lora.path}")
         self.calls.append((kind, lora))
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        await asyncio.sleep(0.01)  # let concurrent callers pile up, as in a real batch
-        self.in_flight -= 1
+        try:
+            await asyncio.sleep(self.latency_s)  # let concurrent callers pile up, as in a real batch
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.in_flight -= 1
 
     async def generate(
         self, prompt_ids: Sequence[int], options: SamplingOptions, *, lora: LoRA | None = None

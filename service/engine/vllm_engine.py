@@ -13,9 +13,16 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from service.adapter_files import CONFIG_FILE
 from service.engine.base import Completion, Engine, GenerationResult, LoRA, SamplingOptions
 from service.engine.cpu import cpu_has_native_bf16
-from service.errors import AdapterLoadError, EngineDeadError, EngineNotReadyError, InvalidRequestError
+from service.errors import (
+    AdapterLoadError,
+    AdapterUnavailableError,
+    EngineDeadError,
+    EngineNotReadyError,
+    InvalidRequestError,
+)
 
 if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -63,6 +70,9 @@ class VLLMEngine(Engine):
         self._tokenizer: Any = None
 
     async def start(self) -> None:
+        """Start vLLM; a second call on a started engine does nothing."""
+        if self._llm is not None:
+            return
         from vllm import AsyncEngineArgs
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -104,6 +114,10 @@ class VLLMEngine(Engine):
     async def _run(self, prompt_ids: Sequence[int], params: Any, lora: LoRA | None) -> Any:
         """Submit one request and wait for its final output. Many of these run
         concurrently; vLLM's scheduler batches them."""
+        if lora is not None and not (lora.path / CONFIG_FILE).is_file():
+            # vLLM re-reads adapters evicted from its caches; a missing directory at that
+            # point fails inside the model step and kills the engine core. Refuse first.
+            raise AdapterUnavailableError(f"the files of adapter {lora.name} are gone from {lora.path}")
         from vllm.inputs import TokensPrompt
         from vllm.v1.engine.exceptions import EngineDeadError as VLLMDeadError
 

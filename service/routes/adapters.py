@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 
 from service.deps import AdminDep, OpsDep, ServiceDep
-from service.protocol import AdapterList, AdapterSummary, ErrorResponse, LoadAdapterRequest, SetDefaultRequest
+from service.error_mapping import documented
+from service.protocol import AdapterList, AdapterSummary, LoadAdapterRequest, SetDefaultRequest
 from service.registry import AdapterRegistry, LoadedAdapter
 
 router = APIRouter()
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409)
-}
+ERRORS = documented(400, 401, 403, 404, 409, 413, 503)
 
 
 def _metrics(adapter: LoadedAdapter) -> dict[str, dict[str, float | None]]:
@@ -51,7 +48,7 @@ def listing(registry: AdapterRegistry) -> AdapterList:
     )
 
 
-@router.get("/adapters", response_model=AdapterList)
+@router.get("/adapters", response_model=AdapterList, responses=documented(503))
 async def list_adapters(service: ServiceDep) -> AdapterList:
     """Loaded uncertainty adapters, which is current per name, and the default."""
     return listing(service.registry)

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.deps import AdmissionDep, LabelsDep, MonitorDep, ServiceDep
-from service.protocol import ErrorResponse, GenerateRequest, GenerateResponse
+from service.deps import AdmissionDep, DeadlineDep, LabelsDep, MonitorDep, ServiceDep
+from service.error_mapping import INFERENCE_ERRORS
+from service.protocol import GenerateRequest, GenerateResponse
 
 router = APIRouter()
 
@@ -11,18 +12,19 @@ router = APIRouter()
 @router.post(
     "/generate",
     response_model=GenerateResponse,
-    responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 429: {"model": ErrorResponse}},
+    responses=INFERENCE_ERRORS,
 )
 async def generate(
     request: GenerateRequest,
     service: ServiceDep,
     admission: AdmissionDep,
+    deadline: DeadlineDep,
     monitor: MonitorDep,
     labels: LabelsDep,
 ) -> GenerateResponse:
     """Answer with the base model and return the calibrated probability the answer is correct."""
     labels.note(request.method.value, request.adapter)
     with admission.admit(1):
-        response = await service.generate(request)
+        response = await deadline.within(service.generate(request))
     await monitor.served_generate(request, response)
     return response

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.deps import AdmissionDep, LabelsDep, MonitorDep, ServiceDep
-from service.protocol import ErrorResponse, ScoreRequest, ScoreResponse
+from service.deps import AdmissionDep, DeadlineDep, LabelsDep, MonitorDep, ServiceDep
+from service.error_mapping import INFERENCE_ERRORS
+from service.protocol import ScoreRequest, ScoreResponse
 
 router = APIRouter()
 
@@ -11,18 +12,19 @@ router = APIRouter()
 @router.post(
     "/score",
     response_model=ScoreResponse,
-    responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 429: {"model": ErrorResponse}},
+    responses=INFERENCE_ERRORS,
 )
 async def score(
     request: ScoreRequest,
     service: ServiceDep,
     admission: AdmissionDep,
+    deadline: DeadlineDep,
     monitor: MonitorDep,
     labels: LabelsDep,
 ) -> ScoreResponse:
     """Confidence that each (question, answer) pair — from any model — is correct."""
     labels.note(request.method.value, request.adapter)
     with admission.admit(len(request.items)):
-        response = await service.score(request)
+        response = await deadline.within(service.score(request))
     await monitor.served_score(request, response)
     return response

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -78,16 +79,25 @@ def adapter_root(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return root
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def engine(tiny_model: Path) -> AsyncIterator[object]:
+@asynccontextmanager
+async def started_engine(model: Path, *, max_loras: int) -> AsyncIterator[object]:
+    """A VLLMEngine on the tiny model, started, shut down on exit."""
     from service.engine.vllm_engine import VLLMEngine
 
+    eng = VLLMEngine(str(model), max_model_len=512, max_loras=max_loras, max_lora_rank=8, kv_cache_gib=0.25)
+    await eng.start()
+    try:
+        yield eng
+    finally:
+        eng.shutdown()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def engine(tiny_model: Path) -> AsyncIterator[object]:
     # max_loras=1 is the configuration in which the upstream CPU bug showed: one LoRA
     # slot, base rows mapped to "no adapter" in the same batch.
-    eng = VLLMEngine(str(tiny_model), max_model_len=512, max_loras=1, max_lora_rank=8, kv_cache_gib=0.25)
-    await eng.start()
-    yield eng
-    eng.shutdown()
+    async with started_engine(tiny_model, max_loras=1) as eng:
+        yield eng
 
 
 def lora(adapter_root: Path, name: str, int_id: int) -> LoRA:

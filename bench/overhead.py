@@ -1,0 +1,114 @@
+"""Confidence overhead: /generate with the confidence read vs plain generation, same engine.
+
+Both arms run in one process on one real VLLMEngine, on the same prompts and the same
+greedy settings: "plain" is `engine.generate` on the rendered prompt (what the service
+does before reading the confidence), "confidence" is `ConfidenceService.generate` (the
+answer plus the LoRA confidence query). HTTP is left out on purpose: it costs both arms
+the same. Arms alternate (plain, confidence, confidence, plain) to cancel drift.
+Goal: latency ratio <= 1.15.
+
+    python -m bench.overhead            # full: 64 requests per arm, 1 and 16 clients
+    python -m bench.overhead --quick    # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from bench.common import (
+    QUESTIONS,
+    Script,
+    Timing,
+    closed_loop,
+    in_process_service,
+    settings_for,
+    table,
+)
+
+NAME = "overhead"
+
+
+async def measure(args: argparse.Namespace, engine: Any = None) -> dict[str, Any]:
+    from service import confidence as cq
+    from service.engine.base import SamplingOptions
+    from service.protocol import GenerateRequest
+
+    settings = settings_for(
+        args, default_max_tokens=args.max_tokens, max_tokens_limit=max(args.max_tokens, 1024)
+    )
+    async with in_process_service(settings, engine) as (service, _):
+        tokenizer = service.engine.tokenizer
+        prompts = [
+            cq.encode_rendered(tokenizer, cq.render(tokenizer, [{"role": "user", "content": q}]))
+            for q in QUESTIONS
+        ]
+        options = SamplingOptions(max_tokens=args.max_tokens)
+
+        async def plain(i: int) -> None:
+            await service.engine.generate(prompts[i % len(prompts)], options)
+
+        async def with_confidence(i: int) -> None:
+            await service.generate(
+                GenerateRequest(prompt=QUESTIONS[i % len(QUESTIONS)], max_tokens=args.max_tokens)
+            )
+
+        arms = {"plain": plain, "confidence": with_confidence}
+        rows: dict[str, dict[str, Any]] = {}
+        for clients in args.clients:
+            await closed_loop(plain, requests=clients, concurrency=clients)  # warm this batch size
+            runs: dict[str, list[Timing]] = {"plain": [], "confidence": []}
+            for arm in ("plain", "confidence", "confidence", "plain"):
+                runs[arm].append(
+                    await closed_loop(arms[arm], requests=args.requests // 2, concurrency=clients)
+                )
+            summary: dict[str, Any] = {arm: merge(timings).summary() for arm, timings in runs.items()}
+            summary["latency_ratio"] = summary["confidence"]["mean_s"] / summary["plain"]["mean_s"]
+            summary["p50_ratio"] = summary["confidence"]["p50_s"] / summary["plain"]["p50_s"]
+            summary["throughput_ratio"] = (
+                summary["plain"]["throughput_rps"] / summary["confidence"]["throughput_rps"]
+            )
+            rows[str(clients)] = summary
+    return {
+        "max_tokens": args.max_tokens,
+        "requests_per_arm": args.requests,
+        "goal_ratio": 1.15,
+        "clients": rows,
+    }
+
+
+def merge(timings: list[Timing]) -> Timing:
+    return Timing([x for t in timings for x in t.latencies], sum(t.wall_s for t in timings))
+
+
+def report(result: dict[str, Any]) -> None:
+    rows = []
+    for clients, s in result["clients"].items():
+        for arm in ("plain", "confidence"):
+            rows.append(
+                [clients, arm, s[arm]["mean_s"], s[arm]["p50_s"], s[arm]["p99_s"], s[arm]["throughput_rps"]]
+            )
+        rows.append(
+            [clients, "ratio (conf/plain)", s["latency_ratio"], s["p50_ratio"], None, s["throughput_ratio"]]
+        )
+    table(
+        "Confidence overhead (goal: ratio <= 1.15)",
+        ["clients", "arm", "mean s", "p50 s", "p99 s", "req/s"],
+        rows,
+    )
+
+
+QUICK: dict[str, Any] = {"requests": 4, "clients": [1, 4], "max_tokens": 8}
+
+
+def options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--requests", type=int, default=64, help="requests per arm and client count")
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 16])
+    p.add_argument("--max-tokens", type=int, default=64)
+
+
+SCRIPT = Script(NAME, __doc__, options, QUICK, measure, report)
+parse, main = SCRIPT.parse, SCRIPT.main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,93 @@
+"""Every benchmark script in --quick mode on the tiny model, plus the short load test.
+
+The scripts' own code runs (argument parsing, the measurement, the table, the JSON
+record); only the engine is shared, started once for the module, so the whole smoke run
+costs one engine start instead of one per script. `bench/run_all` runs them at full
+size, each with its own engine.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from bench import hot_swap, load_test, lora_cost, overhead, quality, score_throughput, vs_sampling
+from bench.common import REPO, http_server, publish, settings_for
+from tests.integration.conftest import started_engine
+
+pytestmark = pytest.mark.integration
+in_module_loop = pytest.mark.asyncio(loop_scope="module")  # the loop bench_engine lives in
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def bench_engine(tiny_model: Path) -> AsyncIterator[object]:
+    async with started_engine(tiny_model, max_loras=2) as engine:
+        yield engine
+
+
+def quick_args(module, tiny_model: Path, adapter_root: Path, out: Path, *extra: str):
+    return module.parse(
+        ["--quick", "--model", str(tiny_model), "--adapter", str(adapter_root / "alpha" / "v1"),
+         "--max-model-len", "512", "--kv-cache-gib", "0.25", "--out", str(out), *extra]
+    )  # fmt: skip
+
+
+def record(path: Path) -> dict:
+    data = json.loads(path.read_text())
+    assert data["quick"] is True
+    assert data["machine"]["cores"] >= 1 and data["machine"]["versions"]["vllm"]
+    return data
+
+
+@in_module_loop
+@pytest.mark.parametrize("module", [overhead, vs_sampling, score_throughput, hot_swap], ids=lambda m: m.NAME)
+async def test_bench_script_quick(module, bench_engine, tiny_model, adapter_root, tmp_path):
+    args = quick_args(module, tiny_model, adapter_root, tmp_path / "out.json")
+    result = await module.measure(args, bench_engine)
+    data = record(publish(module.NAME, args, result, module.report))
+    checks = {
+        "overhead": lambda d: all(r["latency_ratio"] > 0 for r in d["clients"].values()),
+        "vs_sampling": lambda d: d["cost_ratio"] > 0 and d["items"] == 6,
+        "score_throughput": lambda d: (
+            d["ratio_at_top_clients"] > 0 and d["naive_transformers_peft"]["items"] == 8
+        ),
+        "hot_swap": lambda d: d["failed_requests"] == 0 and d["during_swap"]["requests"] >= 0,
+    }
+    assert checks[module.NAME](data), data
+
+
+@in_module_loop
+async def test_lora_cost_quick_in_process_arm(bench_engine, tiny_model, adapter_root, tmp_path, monkeypatch):
+    args = quick_args(lora_cost, tiny_model, adapter_root, tmp_path / "out.json")
+    arm = await lora_cost.measure_arm(args, bench_engine)
+    data = record(publish(lora_cost.NAME, args, lora_cost.combine({"patched": arm}, args), lora_cost.report))
+    assert data["arms"]["patched"]["batch"]["4"]["lora_over_base"] > 0
+    assert arm["patch_applies"] == arm["plugin_enabled"]  # CPU build of vllm 0.32: the patch applies
+    # The unpatched arm's process gets every general plugin but ours.
+    unpatched = lora_cost.arm_env("unpatched")["VLLM_PLUGINS"].split(",")
+    assert lora_cost.PLUGIN not in unpatched
+    monkeypatch.setenv("VLLM_PLUGINS", ",".join(unpatched))
+    assert not lora_cost.plugin_enabled()
+
+
+def test_quality_prints_the_shipped_report(tmp_path):
+    report = REPO / "adapters" / "reports" / "smollm2-135m-uncertainty" / "v1" / "report.json"
+    assert quality.main(["--quick", "--report", str(report), "--out", str(tmp_path / "q.json")]) == 0
+    rows = json.loads((tmp_path / "q.json").read_text())["rows"]
+    assert {"mmlu_test/lora_prompt", "open_ended_test/self_consistency"} <= set(rows)
+
+
+@in_module_loop
+async def test_load_200_clients_10_s_no_5xx_no_hangs(bench_engine, tiny_model, adapter_root, tmp_path):
+    """The short load test on the real server (the 60 s run is `python -m bench.load_test`)."""
+    args = quick_args(load_test, tiny_model, adapter_root, tmp_path / "load.json")
+    settings = settings_for(args, max_inflight_sequences=256)
+    async with http_server(settings, bench_engine) as url:
+        result = await load_test.run_load(url, clients=200, duration_s=10, client_timeout_s=60, max_tokens=4)
+    publish(load_test.NAME, args, result, load_test.report)
+    assert result["five_xx"] == 0 and result["hangs"] == 0 and result["errors"] == {}, result
+    assert result["statuses"].get("200", 0) > 0
