@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 
 from bench import hot_swap, load_test, lora_cost, overhead, quality, score_throughput, vs_sampling
-from bench.common import REPO, http_server, publish, settings_for
+from bench.common import DEFAULT_ADAPTER, http_server, publish, settings_for
 from tests.integration.conftest import started_engine
 
 pytestmark = pytest.mark.integration
@@ -75,7 +75,7 @@ async def test_lora_cost_quick_in_process_arm(bench_engine, tiny_model, adapter_
 
 
 def test_quality_prints_the_shipped_report(tmp_path):
-    report = REPO / "adapters" / "reports" / "smollm2-135m-uncertainty" / "v1" / "report.json"
+    report = quality.report_path(DEFAULT_ADAPTER)
     assert quality.main(["--quick", "--report", str(report), "--out", str(tmp_path / "q.json")]) == 0
     rows = json.loads((tmp_path / "q.json").read_text())["rows"]
     assert {"mmlu_test/lora_prompt", "open_ended_test/self_consistency"} <= set(rows)
