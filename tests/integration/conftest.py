@@ -61,6 +61,9 @@ def tiny_settings(model: Path, root: Path, **overrides: object) -> Settings:
         "max_lora_rank": 8,
         "default_max_tokens": 8,
         "query_reserve_tokens": 64,
+        # Module-scoped servers start before the per-test autouse fixture: keep their
+        # feedback next to their adapter root, never in the user's data directory.
+        "feedback_db_path": root.parent / "feedback.sqlite3",
     }
     return Settings.model_validate({**fields, **overrides})
 
