@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tests.e2e.conftest import free_port
+from tests.http_server import free_port
 from tests.processes import stop
 
 REPO = Path(__file__).resolve().parent.parent

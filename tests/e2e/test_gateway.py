@@ -142,6 +142,17 @@ def test_internal_routes_are_not_reachable_even_with_a_key(
     assert json.loads(body)["error"]["type"] == {404: "not_found", 403: "forbidden"}[status]
 
 
+def test_adapter_listing_passes_and_admin_token_does_not_open_admin(gateway: Gateway) -> None:
+    listing = httpx.get(f"{gateway.url}/adapters", headers=auth("internal"), timeout=10)
+    assert listing.status_code == 200, listing.text
+    assert listing.json()["default"].startswith("smollm2-135m-uncertainty@")
+    # Even a caller that knows an admin token gets the gateway's 404, not the admin API.
+    code, body = raw_request(
+        gateway, "POST", "/admin/adapters", {"X-API-Key": KEYS["internal"], "Authorization": "Bearer x"}
+    )
+    assert code == 404 and json.loads(body)["error"]["type"] == "not_found"
+
+
 def test_request_id_is_propagated_and_echoed(gateway: Gateway) -> None:
     given = httpx.get(
         f"{gateway.url}/ready", headers={**auth("reqid"), "X-Request-ID": "req-42.a"}, timeout=10

@@ -19,7 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import free_port, wait_ready
+from tests.e2e.conftest import wait_ready
+from tests.http_server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SLOW_SERVER = """
