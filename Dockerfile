@@ -21,7 +21,7 @@
 ARG BASE_IMAGE=python:3.11.14-slim-bookworm
 ARG GPU_BASE_IMAGE=vllm/vllm-openai:v0.32.0
 
-# ---- what every runtime image shares: tini as PID 1, libnuma, the unprivileged user ----
+# ---- what every runtime image shares: tini as PID 1, libnuma, a compiler, the unprivileged user ----
 # checkov:skip=CKV_DOCKER_7: FROM takes a build argument; its default above is a pinned tag
 FROM ${BASE_IMAGE} AS runtime-base
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
