@@ -11,7 +11,13 @@ from collections.abc import Callable, Sequence
 log = logging.getLogger("confidence")
 
 
+def _drained(signum: int, frame: object) -> None:
+    log.info("drained after signal %d; exiting", signum)
+
+
 def _serve(_: argparse.Namespace) -> int:
+    import signal
+
     import uvicorn
 
     from service.app import build_app
@@ -24,8 +30,19 @@ def _serve(_: argparse.Namespace) -> int:
         holder["server"].should_exit = True
 
     app = build_app(settings, on_fatal=stop)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=settings.drain_timeout_s,
+    )
     server = holder["server"] = uvicorn.Server(config)
+    # On SIGTERM uvicorn drains (closes the listener, lets in-flight requests finish for up
+    # to the drain timeout, runs the lifespan shutdown) and then re-raises the signal into
+    # the handler that was installed before it. SIGTERM is how containers and pods are
+    # stopped, so a completed drain must end in exit status 0, not in death by the signal.
+    signal.signal(signal.SIGTERM, _drained)
     server.run()
     state = app.state.service_state
     if state.phase.value == "failed":  # start-up failed, or the watchdog saw the engine die

@@ -63,6 +63,7 @@ def make_engine(settings: Settings, model: str) -> Engine:
         max_cpu_loras=settings.max_cpu_loras,
         kv_cache_gib=settings.kv_cache_gib,
         gpu_memory_utilization=settings.gpu_memory_utilization,
+        tensor_parallel_size=settings.tensor_parallel_size,
         dtype=settings.dtype,
         seed=settings.seed,
         enforce_eager=settings.enforce_eager,

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
         default=None, gt=0, description="KV-cache size in GiB; required sizing on CPU (default 1 GiB)."
     )
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    tensor_parallel_size: int = Field(
+        default=1, ge=1, description="GPUs one replica shards the model over (vLLM tensor_parallel_size)."
+    )
     dtype: str = "auto"
     seed: int = 0
     enforce_eager: bool = False
@@ -81,6 +84,12 @@ class Settings(BaseSettings):
         default=2.0, gt=0, description="How often the engine's health is checked once serving."
     )
     log_level: str = "info"
+    drain_timeout_s: int = Field(
+        default=30,
+        ge=0,
+        description="On SIGTERM: stop accepting, let in-flight requests finish for at most this long, "
+        "then cancel them and exit.",
+    )
 
     feedback_db_path: Path = Field(
         default=Path(user_data_dir("confidence-service")) / "feedback.sqlite3",

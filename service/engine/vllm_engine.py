@@ -45,6 +45,7 @@ class VLLMEngine(Engine):
         max_cpu_loras: int | None = None,
         kv_cache_gib: float | None = None,
         gpu_memory_utilization: float = 0.9,
+        tensor_parallel_size: int = 1,
         dtype: str = "auto",
         seed: int = 0,
         enforce_eager: bool = False,
@@ -63,6 +64,7 @@ class VLLMEngine(Engine):
             "seed": seed,
             "enforce_eager": enforce_eager,
             "gpu_memory_utilization": gpu_memory_utilization,
+            "tensor_parallel_size": tensor_parallel_size,
         }
         self._kv_cache_gib = kv_cache_gib
         self._llm: AsyncLLM | None = None

@@ -1,0 +1,103 @@
+"""docker-compose.yml, as Debian's docker-compose 1.29 reads it (`docker-compose config`)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.conftest import REPO, run, tool
+
+REQUIRED_ENV = {
+    "GATEWAY_API_KEYS_FILE": str(REPO / "deploy/gateway/api-keys.example.map"),
+    "POSTGRES_PASSWORD": "compose-test-password",
+    "GRAFANA_ADMIN_PASSWORD": "compose-test-admin",
+}
+
+
+def compose_config(*args: str, env: dict[str, str] | None = None) -> Any:
+    clean = {k: v for k, v in os.environ.items() if k not in REQUIRED_ENV and not k.startswith("COMPOSE_")}
+    result = run(
+        [tool("docker-compose"), "-f", str(REPO / "docker-compose.yml"), *args, "config"],
+        env={**clean, **(env or REQUIRED_ENV)},
+    )
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def config() -> Any:
+    return compose_config()
+
+
+def test_stack_has_every_part(config: Any) -> None:
+    assert set(config["services"]) == {"gateway", "confidence", "prometheus", "grafana", "postgres", "train"}
+    assert {"adapters", "model-cache", "feedback-db"} <= set(config["volumes"])
+
+
+def test_train_is_an_optional_profile(config: Any) -> None:
+    assert config["services"]["train"]["profiles"] == ["train"]
+    assert all("profiles" not in s for name, s in config["services"].items() if name != "train")
+    assert "train" in compose_config("--profile", "train")["services"]
+
+
+def test_secrets_have_no_defaults() -> None:
+    for missing in REQUIRED_ENV:
+        env = {k: v for k, v in REQUIRED_ENV.items() if k != missing}
+        clean = {k: v for k, v in os.environ.items() if k not in REQUIRED_ENV}
+        result = run(
+            [tool("docker-compose"), "-f", str(REPO / "docker-compose.yml"), "config"], env={**clean, **env}
+        )
+        assert result.returncode != 0 and missing in result.stderr, (missing, result.stderr)
+
+
+def test_only_the_gateway_is_exposed_to_the_network(config: Any) -> None:
+    services = config["services"]
+    assert "ports" not in services["confidence"] and "ports" not in services["postgres"]
+    (gateway_port,) = services["gateway"]["ports"]
+    assert gateway_port["target"] == 8080
+    for name in ("prometheus", "grafana"):
+        assert all(str(p).startswith("127.0.0.1:") for p in services[name]["ports"]), name
+
+
+def test_service_wiring(config: Any) -> None:
+    service = config["services"]["confidence"]
+    env = service["environment"]
+    assert env["CONFIDENCE_FEEDBACK_DB_URL"].startswith(
+        "postgresql://confidence:compose-test-password@postgres:5432/"
+    )
+    assert service["build"]["target"] == "cpu"
+    assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # Grace beyond the drain timeout, so SIGKILL never cuts a draining replica short.
+    grace = int(service["stop_grace_period"].rstrip("s"))
+    assert grace > float(env["CONFIDENCE_DRAIN_TIMEOUT_S"])
+    mounts = {m.split(":")[1]: m for m in service["volumes"]}
+    assert mounts["/var/lib/confidence/adapters"] == "adapters:/var/lib/confidence/adapters:ro"
+    train_mounts = {m.split(":")[1]: m for m in config["services"]["train"]["volumes"] if isinstance(m, str)}
+    assert train_mounts["/var/lib/confidence/adapters"].endswith(":rw")
+    train = config["services"]["train"]
+    assert train["command"][:2] == ["confidence", "train"]
+    assert train["command"][train["command"].index("--export_root") + 1] == "/var/lib/confidence/adapters"
+
+
+def test_gateway_runs_the_tested_config(config: Any) -> None:
+    gateway = config["services"]["gateway"]
+    mounts = [m for m in gateway["volumes"] if isinstance(m, str)]
+    assert f"{REPO}/deploy/gateway/confidence.conf:/etc/nginx/conf.d/default.conf:ro" in mounts
+    assert f"{REPO}/deploy/gateway/upstream.conf:/etc/nginx/confidence/upstream.conf:ro" in mounts
+    (keys,) = [m for m in gateway["volumes"] if isinstance(m, dict)]
+    assert keys["target"] == "/etc/nginx/confidence/api-keys.map" and keys["read_only"]
+
+
+def test_bind_mounted_files_exist(config: Any) -> None:
+    for service in config["services"].values():
+        for mount in service.get("volumes", []):
+            source = mount["source"] if isinstance(mount, dict) else mount.split(":")[0]
+            if not source.startswith(str(REPO)):
+                continue
+            relative = source[len(str(REPO)) + 1 :]
+            if relative == "data":  # the train profile's input, the operator's to provide
+                continue
+            assert (REPO / relative).exists(), relative
