@@ -47,7 +47,13 @@ class EvalConfig:
         default=None, metadata={"help": "default: adapters/reports/<name>/<version>"}
     )
     model: str | None = field(default=None, metadata={"help": "base model; unset = the embedded model"})
-    max_per_set: int | None = field(default=None, metadata={"help": "deterministic subsample per eval set"})
+    max_per_set: int | None = field(
+        default=None, metadata={"help": "deterministic subsample of each open-ended / other MC eval set"}
+    )
+    max_mmlu: int | None = field(
+        default=None,
+        metadata={"help": "subsample of MMLU test; unset = all (ECE's noise floor shrinks with n)"},
+    )
     self_consistency_k: int = field(default=5, metadata={"help": "samples for the self-consistency baseline"})
     baselines: bool = field(default=True, metadata={"help": "also run verbalized and self-consistency"})
     n_boot: int = 1000
@@ -66,7 +72,7 @@ def eval_sets(config: EvalConfig) -> dict[str, list[GradedRecord]]:
     sets: dict[str, list[GradedRecord]] = {}
     if config.mmlu is not None:
         mmlu = [r for r in read_graded_jsonl(config.mmlu) if r.meta.get("mmlu_split", r.split) == "test"]
-        sets["mmlu_test"] = mmlu
+        sets["mmlu_test"] = subsample(mmlu, config.max_mmlu, config.seed)
     test = [r for path in config.graded for r in read_graded_jsonl(path) if r.split == "test"]
     open_ended = subsample([r for r in test if r.kind in OPEN_KINDS], config.max_per_set, config.seed)
     if open_ended:
@@ -74,10 +80,10 @@ def eval_sets(config: EvalConfig) -> dict[str, list[GradedRecord]]:
         # Per-source views of the same items, so every number in the report comes from one pool.
         for source in sorted({r.source or "user" for r in open_ended}):
             sets[f"{source}_test"] = [r for r in open_ended if (r.source or "user") == source]
-    mc = [r for r in test if r.kind == "mc"]
+    mc = subsample([r for r in test if r.kind == "mc"], config.max_per_set, config.seed)
     if mc:
         sets["mc_test"] = mc
-    return {name: subsample(recs, config.max_per_set, config.seed) for name, recs in sets.items() if recs}
+    return {name: recs for name, recs in sets.items() if recs}
 
 
 async def method_confidences(
@@ -141,9 +147,8 @@ async def evaluate_async(config: EvalConfig, engine: Engine) -> dict[str, Any]:
         results, report_dir, metadata=nan_to_none(metadata), n_boot=config.n_boot, seed=config.seed
     )
     if config.update_manifest:
-        held_out = np.concatenate(
-            [confidences["lora_prompt"][[index[r.id] for r in recs]] for recs in sets.values()]
-        )
+        # Every held-out item once (the per-source sets are views of open_ended_test).
+        held_out = confidences["lora_prompt"]
         manifest.metrics = nan_to_none(headline(report))
         manifest.reference_histogram = ReferenceHistogram.model_validate(confidence_histogram(held_out))
         manifest.write(config.adapter)

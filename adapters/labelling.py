@@ -225,7 +225,9 @@ def load_done_ids(path: Path) -> set[str]:
         with path.open("r+b") as handle:
             handle.truncate(keep)
     ids = set()
-    for line in data[:keep].decode("utf-8").splitlines():
+    # Split on "\n" only: str.splitlines() also breaks at U+2028 and friends, which
+    # json.dumps(ensure_ascii=False) leaves inside strings (some dataset questions have them).
+    for line in data[:keep].split(b"\n"):
         if line.strip():
             ids.add(json.loads(line)["id"])
     return ids

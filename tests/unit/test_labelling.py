@@ -120,6 +120,20 @@ async def test_resume_skips_done_ids_and_repairs_a_torn_line(tmp_path):
     assert len(engine.calls) == 1 and summary["last_run"]["items"] == 1
 
 
+async def test_resume_reads_records_holding_unicode_line_separators(tmp_path):
+    engine = ScriptedEngine()
+    out = tmp_path / "g.jsonl"
+    odd = QAItem(
+        id="triviaqa:1", source="triviaqa", kind="open", question="Ask q1\u2028part two", aliases=["x"]
+    )
+    await labelling.label_items(engine, [odd], out)
+    assert "\u2028" in out.read_text(encoding="utf-8")  # written raw, not escaped
+    assert labelling.load_done_ids(out) == {"triviaqa:1"}
+    engine.calls.clear()
+    await labelling.label_items(engine, [odd, open_item(2, "x")], out)
+    assert len(engine.calls) == 1
+
+
 async def test_chunks_are_submitted_concurrently(tmp_path):
     engine = ScriptedEngine()
     items = [open_item(i, "x") for i in range(10)]

@@ -73,6 +73,21 @@ def test_eval_sets_use_only_held_out_questions(tmp_path):
     }
 
 
+def test_eval_sets_cap_open_ended_and_mmlu_separately(tmp_path):
+    graded = tmp_path / "mix.jsonl"
+    rows = [record(i, source="triviaqa", kind="open", split="test") for i in range(6)]
+    graded.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    mmlu = tmp_path / "mmlu.jsonl"
+    mmlu.write_text(
+        "\n".join(json.dumps(record(i, source="mmlu", kind="mc", split="test")) for i in range(10, 20))
+    )
+    whole = eval_sets(EvalConfig(adapter=tmp_path, graded=[graded], mmlu=mmlu, max_per_set=2))
+    assert len(whole["open_ended_test"]) == 2 and len(whole["mmlu_test"]) == 10
+    capped = eval_sets(EvalConfig(adapter=tmp_path, graded=[graded], mmlu=mmlu, max_per_set=2, max_mmlu=3))
+    assert len(capped["mmlu_test"]) == 3
+    assert {r.id for r in capped["mmlu_test"]} < {r.id for r in whole["mmlu_test"]}
+
+
 async def test_query_gaps_read_the_served_query():
     engine = FakeEngine()
     records = [GradedRecord(question="2+2?", answer=a, correct=True, source="x", id=a) for a in ("4", "5")]
