@@ -24,7 +24,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"
-DEFAULT_ADAPTER = REPO / "adapters" / "exported" / "smollm2-135m-uncertainty" / "v2"
+DEFAULT_ADAPTER = REPO / "adapters" / "exported" / "smollm2-135m-uncertainty" / "v3"
 GRADED = REPO / "adapters" / "graded" / "smollm2-135m" / "train_mix.jsonl"
 
 # Questions for the latency benchmarks: short, varied, answerable by a small model.
