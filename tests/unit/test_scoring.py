@@ -122,3 +122,23 @@ async def test_self_consistency_for_multiple_choice_follows_choice_likelihoods()
     values = await scoring.self_consistency(engine, [sure, unsure], k=200, seed=0)
     assert values[0] == 1.0
     assert 0.15 < values[1] < 0.35
+
+
+async def test_evaluation_writes_report_and_histograms_each_held_out_item_once(tmp_path):
+    from adapters.evaluate import evaluate_async
+    from service.manifest import AdapterManifest
+    from tests.unit.conftest import write_adapter
+
+    adapter = write_adapter(tmp_path / "root", "unc", "v1")
+    graded = tmp_path / "mix.jsonl"
+    rows = [record(i, source="triviaqa" if i % 2 else "gsm8k", kind="open", split="test") for i in range(8)]
+    graded.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    config = EvalConfig(
+        adapter=adapter, graded=[graded], report_dir=tmp_path / "report", baselines=False, n_boot=20
+    )
+    report = await evaluate_async(config, FakeEngine())
+    # open_ended_test plus its two per-source views: 16 rows in the report, 8 distinct items.
+    assert sum(m["lora_prompt"]["n"] for m in report["eval_sets"].values()) == 16
+    manifest = AdapterManifest.read(adapter)
+    assert manifest.reference_histogram is not None and sum(manifest.reference_histogram.counts) == 8
+    assert (tmp_path / "report" / "report.md").exists()
