@@ -8,7 +8,7 @@ reference confidence histogram (for drift monitoring) in the adapter's manifest.
 
 Example:
 
-    confidence eval --adapter adapters/exported/smollm2-135m-uncertainty/v2 \\
+    confidence eval --adapter adapters/exported/smollm2-135m-uncertainty/v3 \\
         --graded data/graded/train_mix.jsonl --mmlu data/graded/mmlu.jsonl
 """
 

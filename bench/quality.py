@@ -1,7 +1,7 @@
 """Held-out calibration of every method, from the training job's evaluator report.
 
 The evaluation (held-out MMLU and open-ended test sets; LoRA + Prompt, zero-shot
-classifier, verbalized, self-consistency; bootstrap CIs) takes about half an hour on a
+classifier, verbalized, self-consistency; bootstrap CIs) takes about 45 minutes on a
 2-core CPU, so this script does not rerun it: it prints the report that `confidence eval`
 wrote for the adapter (adapters/reports/<name>/<version>/report.json). Regenerate that
 report with (as scripts/train_default_adapter does):
