@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -104,6 +105,22 @@ async def method_confidences(
     return methods, extra
 
 
+PREDICTIONS_NAME = "predictions.jsonl"
+
+
+def write_predictions(
+    path: Path, records: Sequence[GradedRecord], confidences: dict[str, np.ndarray]
+) -> None:
+    """One line per held-out item with every method's confidence: lets anyone recompute
+    the report's numbers, slice them differently, or refit a calibrator offline."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        for i, r in enumerate(records):
+            row: dict[str, Any] = {"id": r.id, "source": r.source, "kind": r.kind, "correct": r.correct}
+            row |= {method: float(values[i]) for method, values in confidences.items()}
+            handle.write(json.dumps(row) + "\n")
+
+
 def headline(report: dict[str, Any]) -> dict[str, Any]:
     """Per eval set and method: the point estimates the manifest keeps."""
     out: dict[str, Any] = {}
@@ -152,6 +169,7 @@ async def evaluate_async(config: EvalConfig, engine: Engine) -> dict[str, Any]:
         manifest.metrics = nan_to_none(headline(report))
         manifest.reference_histogram = ReferenceHistogram.model_validate(confidence_histogram(held_out))
         manifest.write(config.adapter)
+    write_predictions(report_dir / PREDICTIONS_NAME, unique, confidences)
     log.info("report written to %s", report_dir)
     return report
 

@@ -42,10 +42,19 @@ class JobConfig:
     base_model_name: str | None = field(default=None, metadata={"help": "manifest base-model name"})
 
 
-def calibration_records(config: TrainConfig, job: JobConfig) -> list[GradedRecord]:
-    records = [
-        r for path in config.train_files for r in read_graded_jsonl(Path(path)) if r.split == "calibration"
+def split_records(config: TrainConfig, split: str) -> list[GradedRecord]:
+    """One split of the training files, without the sources training leaves out."""
+    excluded = set(config.exclude_sources)
+    return [
+        r
+        for path in config.train_files
+        for r in read_graded_jsonl(Path(path))
+        if r.split == split and (r.source is None or r.source not in excluded)
     ]
+
+
+def calibration_records(config: TrainConfig, job: JobConfig) -> list[GradedRecord]:
+    records = split_records(config, "calibration")
     if job.mmlu:
         records += [
             r
@@ -79,7 +88,7 @@ def fit_served_temperature(model: str, adapter_dir: Path, records: list[GradedRe
 def training_data_summary(config: TrainConfig, adapter_dir: Path) -> dict[str, Any]:
     summary_path = adapter_dir / SUMMARY_FILE
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    records = [r for path in config.train_files for r in read_graded_jsonl(Path(path)) if r.split == "train"]
+    records = split_records(config, "train")
     per_source: dict[str, dict[str, int]] = {}
     for r in records:
         entry = per_source.setdefault(r.source or "user", {"n": 0, "correct": 0})

@@ -133,6 +133,15 @@ class TrainConfig:
         },
     )
 
+    exclude_sources: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Sources left out of training (and of the temperature fit). A format whose "
+            "base rate differs from the target's (two-choice sets sit near 50%% for a model at "
+            "chance, four-choice MMLU near 25%%) otherwise teaches spurious per-format confidence."
+        },
+    )
+
     def __post_init__(self) -> None:
         if self.split in ("all", "None", ""):  # the command line cannot pass None itself
             self.split = None
@@ -204,6 +213,12 @@ def parse_repeats(specs: Sequence[str]) -> dict[str, int]:
             raise ValueError(f"repeat: expected SOURCE=N with N >= 1, got {spec!r}")
         repeats[name.strip()] = int(value)
     return repeats
+
+
+def drop_sources(records: Sequence[dict[str, Any]], excluded: Iterable[str]) -> list[dict[str, Any]]:
+    """Records whose source is not excluded (records without a source are users' own: kept)."""
+    skip = set(excluded)
+    return [r for r in records if r.get("source") not in skip or r.get("source") is None]
 
 
 def oversample(records: Sequence[dict[str, Any]], repeats: dict[str, int]) -> list[dict[str, Any]]:
@@ -549,7 +564,10 @@ def train(config: TrainConfig) -> Path:
 
     base, tokenizer = load_base(config.model, config.dtype)
     tokens = label_tokens(tokenizer)
-    records = oversample(read_records(config.train_files, split=config.split), parse_repeats(config.repeat))
+    records = oversample(
+        drop_sources(read_records(config.train_files, split=config.split), config.exclude_sources),
+        parse_repeats(config.repeat),
+    )
     examples, skipped = tokenize_records(tokenizer, records, max_len=config.max_len)
     if not examples:
         raise ValueError(
@@ -617,6 +635,7 @@ def train(config: TrainConfig) -> Path:
         "split": config.split,
         "examples": len(examples),
         "repeat": parse_repeats(config.repeat),
+        "exclude_sources": sorted(config.exclude_sources),
         "correct": n_yes,
         "incorrect": len(examples) - n_yes,
         "skipped_too_long": skipped,

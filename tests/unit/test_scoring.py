@@ -142,3 +142,10 @@ async def test_evaluation_writes_report_and_histograms_each_held_out_item_once(t
     manifest = AdapterManifest.read(adapter)
     assert manifest.reference_histogram is not None and sum(manifest.reference_histogram.counts) == 8
     assert (tmp_path / "report" / "report.md").exists()
+    # Per-item predictions: each held-out item once, with every method's confidence,
+    # and they reproduce the report's accuracy.
+    lines = [json.loads(x) for x in (tmp_path / "report" / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(x["id"] for x in lines) == sorted(r["id"] for r in rows)
+    assert all(0.0 <= x["lora_prompt"] <= 1.0 and 0.0 <= x["zero_shot"] <= 1.0 for x in lines)
+    accuracy = report["eval_sets"]["open_ended_test"]["lora_prompt"]["accuracy"]["value"]
+    assert accuracy == sum(x["correct"] for x in lines) / len(lines)

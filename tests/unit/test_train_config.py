@@ -1,8 +1,12 @@
-"""The training job's pure pieces: source oversampling and its argument parsing."""
+"""The training job's pure pieces: source selection, oversampling and their argument parsing."""
+
+import json
+from pathlib import Path
 
 import pytest
 
-from adapters.train import oversample, parse_repeats
+from adapters.job import JobConfig, calibration_records, training_data_summary
+from adapters.train import TrainConfig, drop_sources, oversample, parse_repeats
 
 
 def test_parse_repeats_reads_source_factors() -> None:
@@ -24,3 +28,37 @@ def test_oversample_repeats_only_listed_sources_in_order() -> None:
 def test_oversample_without_repeats_is_identity() -> None:
     records = [{"source": None}, {"source": "x"}]
     assert oversample(records, {}) == records
+
+
+def test_drop_sources_keeps_unlisted_and_sourceless_records() -> None:
+    records = [{"source": "boolq", "i": 0}, {"source": None, "i": 1}, {"source": "arc_easy", "i": 2}]
+    assert [r["i"] for r in drop_sources(records, ["boolq", "piqa"])] == [1, 2]
+
+
+def test_excluded_sources_leave_the_temperature_fit_too(tmp_path: Path) -> None:
+    graded = tmp_path / "graded.jsonl"
+    rows = [
+        {
+            "question": "q1",
+            "answer": "a",
+            "correct": True,
+            "source": "boolq",
+            "split": "calibration",
+            "id": "1",
+        },
+        {
+            "question": "q2",
+            "answer": "a",
+            "correct": False,
+            "source": "arc_easy",
+            "split": "calibration",
+            "id": "2",
+        },
+        {"question": "q3", "answer": "a", "correct": False, "source": "boolq", "split": "train", "id": "3"},
+    ]
+    graded.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = TrainConfig(
+        model="m", train_files=[str(graded)], output_dir=str(tmp_path), exclude_sources=["boolq"]
+    )
+    assert [r.id for r in calibration_records(config, JobConfig())] == ["2"]
+    assert training_data_summary(config, tmp_path)["per_source"] == {}
