@@ -24,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from adapters.calibrate import apply_temperature
 from adapters.data import GradedRecord, read_graded_jsonl
+from adapters.metrics import ece
 from adapters.train import SUMMARY_FILE, TrainConfig, train
 from service.engine.base import LoRA
 
@@ -80,9 +82,33 @@ def fit_served_temperature(model: str, adapter_dir: Path, records: list[GradedRe
             engine.shutdown()
 
     g = asyncio.run(gaps())
-    fit = fit_temperature(g, np.array([float(r.correct) for r in records]))
+    y = np.array([float(r.correct) for r in records])
+    fit = fit_temperature(g, y)
     by_source = Counter(r.source for r in records)
-    return {**fit.to_dict(), "sources": dict(by_source)}
+    return {
+        **fit.to_dict(),
+        "sources": dict(by_source),
+        "per_source": per_source_calibration(records, apply_temperature(g, fit.temperature), y),
+    }
+
+
+def per_source_calibration(records: list[GradedRecord], p: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """Per source of the fitting data: n, accuracy, mean confidence and ECE after T.
+
+    One T serves every source; this shows, before the full evaluation, where it falls
+    short (e.g. MMLU validation against the open-ended calibration split)."""
+    out: dict[str, Any] = {}
+    sources = np.array([r.source or "user" for r in records])
+    for source in sorted(set(sources.tolist())):
+        rows = sources == source
+        out[source] = {
+            "n": int(rows.sum()),
+            "accuracy": float(y[rows].mean()),
+            "mean_confidence": float(p[rows].mean()),
+            "ece": ece(p[rows], y[rows]),
+        }
+        log.info("calibration %-16s %s", source, out[source])
+    return out
 
 
 def training_data_summary(config: TrainConfig, adapter_dir: Path) -> dict[str, Any]:

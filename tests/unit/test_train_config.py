@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from adapters.job import JobConfig, calibration_records, training_data_summary
@@ -62,3 +63,24 @@ def test_excluded_sources_leave_the_temperature_fit_too(tmp_path: Path) -> None:
     )
     assert [r.id for r in calibration_records(config, JobConfig())] == ["2"]
     assert training_data_summary(config, tmp_path)["per_source"] == {}
+
+
+def test_per_source_calibration_reports_each_source_apart() -> None:
+    from adapters.data import GradedRecord
+    from adapters.job import per_source_calibration
+
+    def rec(i: int, source: str, correct: bool) -> GradedRecord:
+        return GradedRecord(question="q", answer="a", correct=correct, source=source, id=str(i))
+
+    records = [
+        rec(0, "mmlu", True),
+        rec(1, "mmlu", False),
+        rec(2, "triviaqa", False),
+        rec(3, "triviaqa", False),
+    ]
+    y = np.array([1.0, 0.0, 0.0, 0.0])
+    out = per_source_calibration(records, np.array([0.5, 0.5, 0.1, 0.3]), y)
+    assert out["mmlu"] == {"n": 2, "accuracy": 0.5, "mean_confidence": 0.5, "ece": 0.0}
+    assert out["triviaqa"]["accuracy"] == 0.0
+    assert out["triviaqa"]["mean_confidence"] == pytest.approx(0.2)
+    assert out["triviaqa"]["ece"] == pytest.approx(0.2)
