@@ -148,6 +148,10 @@ def container(cpu_image: str) -> Iterator[Container]:
         "/home/confidence:rw,exec,uid=10001,gid=10001",
         "--tmpfs",
         "/var/cache/confidence:rw,exec,uid=10001,gid=10001,size=2g",
+        # The drain test's 256-token answer must end inside the drain window; on a busy
+        # 2-core machine it took over the 30 s default once (cancelled -> 500).
+        "-e",
+        "CONFIDENCE_DRAIN_TIMEOUT_S=300",
         cpu_image,
     )
     try:
