@@ -26,7 +26,7 @@ import numpy as np
 
 from adapters.calibrate import apply_temperature
 from adapters.data import GradedRecord, read_graded_jsonl
-from adapters.metrics import ece
+from adapters.metrics import accuracy, ece, mean_confidence
 from adapters.train import SUMMARY_FILE, TrainConfig, train
 from service.engine.base import LoRA
 
@@ -51,7 +51,7 @@ def split_records(config: TrainConfig, split: str) -> list[GradedRecord]:
         r
         for path in config.train_files
         for r in read_graded_jsonl(Path(path))
-        if r.split == split and (r.source is None or r.source not in excluded)
+        if r.split == split and r.source not in excluded
     ]
 
 
@@ -103,8 +103,8 @@ def per_source_calibration(records: list[GradedRecord], p: np.ndarray, y: np.nda
         rows = sources == source
         out[source] = {
             "n": int(rows.sum()),
-            "accuracy": float(y[rows].mean()),
-            "mean_confidence": float(p[rows].mean()),
+            "accuracy": accuracy(p[rows], y[rows]),
+            "mean_confidence": mean_confidence(p[rows], y[rows]),
             "ece": ece(p[rows], y[rows]),
         }
         log.info("calibration %-16s %s", source, out[source])

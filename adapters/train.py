@@ -218,7 +218,7 @@ def parse_repeats(specs: Sequence[str]) -> dict[str, int]:
 def drop_sources(records: Sequence[dict[str, Any]], excluded: Iterable[str]) -> list[dict[str, Any]]:
     """Records whose source is not excluded (records without a source are users' own: kept)."""
     skip = set(excluded)
-    return [r for r in records if r.get("source") not in skip or r.get("source") is None]
+    return [r for r in records if r.get("source") not in skip]
 
 
 def oversample(records: Sequence[dict[str, Any]], repeats: dict[str, int]) -> list[dict[str, Any]]:
