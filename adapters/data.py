@@ -118,6 +118,37 @@ def mc_answer_text(choices: Sequence[str], index: int) -> str:
     return f"{LETTERS[index]}. {choices[index]}"
 
 
+def every_choice_records(items: Iterable[QAItem], config: SplitConfig | None = None) -> list[dict[str, Any]]:
+    """One graded record per choice of each multiple-choice item in the train split.
+
+    Every choice's correctness is known from the gold label, so a question yields k
+    graded (question, answer) pairs, exactly one correct. Trained on these, the adapter
+    pays for any question-level shift of its confidence: per question the labels average
+    1/k, however the question reads. A model answering at chance should give each of its
+    multiple-choice answers about that base rate, and one answer per question (what
+    labelling yields) is too noisy a target to teach it. Evaluation-only items and items
+    outside the train split yield nothing.
+    """
+    records = []
+    for item in items:
+        if item.kind != "mc" or item.eval_only or item_split(item, config or SplitConfig()) != "train":
+            continue
+        assert item.choices is not None  # QAItem guarantees choices and gold for "mc"
+        for i in range(len(item.choices)):
+            record = GradedRecord(
+                question=item.question,
+                answer=mc_answer_text(item.choices, i),
+                correct=i == item.gold,
+                source=item.source,
+                id=f"{item.id}#choice{i}",
+                kind="mc",
+                split="train",
+                meta={"choice": i, "gold": item.gold, "every_choice": True},
+            )
+            records.append(record.to_dict())
+    return records
+
+
 # --------------------------------------------------------------------------- fetching
 
 

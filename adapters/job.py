@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import numpy as np
 from adapters.calibrate import apply_temperature
 from adapters.data import GradedRecord, read_graded_jsonl
 from adapters.metrics import accuracy, ece, mean_confidence
-from adapters.train import SUMMARY_FILE, TrainConfig, train
+from adapters.train import SUMMARY_FILE, TrainConfig, every_choice_training_records, train
 from service.engine.base import LoRA
 
 log = logging.getLogger(__name__)
@@ -114,18 +115,24 @@ def per_source_calibration(records: list[GradedRecord], p: np.ndarray, y: np.nda
 def training_data_summary(config: TrainConfig, adapter_dir: Path) -> dict[str, Any]:
     summary_path = adapter_dir / SUMMARY_FILE
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    records = split_records(config, "train")
-    per_source: dict[str, dict[str, int]] = {}
-    for r in records:
-        entry = per_source.setdefault(r.source or "user", {"n": 0, "correct": 0})
-        entry["n"] += 1
-        entry["correct"] += int(r.correct)
     return {
         "files": [Path(p).name for p in config.train_files],
         "split": "train",
-        "per_source": per_source,
+        "per_source": _count_by_source((r.source, r.correct) for r in split_records(config, "train")),
+        "every_choice_per_source": _count_by_source(
+            (r["source"], r["correct"]) for r in every_choice_training_records(config)
+        ),
         "training": summary,
     }
+
+
+def _count_by_source(pairs: Iterable[tuple[str | None, bool]]) -> dict[str, dict[str, int]]:
+    per_source: dict[str, dict[str, int]] = {}
+    for source, correct in pairs:
+        entry = per_source.setdefault(source or "user", {"n": 0, "correct": 0})
+        entry["n"] += 1
+        entry["correct"] += int(correct)
+    return per_source
 
 
 def run_job(config: TrainConfig, job: JobConfig) -> Path:

@@ -142,6 +142,19 @@ class TrainConfig:
         },
     )
 
+    every_choice: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "SOURCE=N: also train on every choice of the bundled multiple-choice questions "
+            "of SOURCE (of N sampled, those in the train split), each graded by the gold label: "
+            "k pairs per question, exactly one correct. Teaches a model that answers at chance "
+            "that confidence must not vary with how a question reads (MMLU-style calibration)."
+        },
+    )
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Extracted QA bundle for every_choice; None: the default cache."}
+    )
+
     def __post_init__(self) -> None:
         if self.split in ("all", "None", ""):  # the command line cannot pass None itself
             self.split = None
@@ -172,6 +185,7 @@ class TrainConfig:
         if not self.target_modules:
             raise ValueError("target_modules: need at least one module name")
         parse_repeats(self.repeat)
+        parse_repeats(self.every_choice, option="every_choice")
 
 
 @dataclass(frozen=True)
@@ -204,13 +218,13 @@ def read_records(paths: Iterable[str | Path], *, split: str | None = None) -> li
     return records
 
 
-def parse_repeats(specs: Sequence[str]) -> dict[str, int]:
-    """{"arc_easy": 3} from ["arc_easy=3"]; ValueError names the bad spec."""
+def parse_repeats(specs: Sequence[str], *, option: str = "repeat") -> dict[str, int]:
+    """{"arc_easy": 3} from ["arc_easy=3"]; ValueError names the option and the bad spec."""
     repeats = {}
     for spec in specs:
         name, sep, value = spec.partition("=")
         if not sep or not name.strip() or not value.strip().isdigit() or int(value) < 1:
-            raise ValueError(f"repeat: expected SOURCE=N with N >= 1, got {spec!r}")
+            raise ValueError(f"{option}: expected SOURCE=N with N >= 1, got {spec!r}")
         repeats[name.strip()] = int(value)
     return repeats
 
@@ -224,6 +238,29 @@ def drop_sources(records: Sequence[dict[str, Any]], excluded: Iterable[str]) -> 
 def oversample(records: Sequence[dict[str, Any]], repeats: dict[str, int]) -> list[dict[str, Any]]:
     """Each record repeated by its source's factor (1 when not listed); order kept."""
     return [r for r in records for _ in range(repeats.get(str(r.get("source")), 1))]
+
+
+def every_choice_training_records(config: TrainConfig) -> list[dict[str, Any]]:
+    """The every_choice records of config (see TrainConfig.every_choice), sources in order.
+
+    Raises:
+        EvaluationOnlyError: an evaluation-only source (MMLU) was named.
+        ValueError: a source that is not multiple choice or not known.
+    """
+    from adapters.data import EVAL_LOADERS, LOADERS, EvaluationOnlyError, every_choice_records, load_source
+
+    root = Path(config.data_dir) if config.data_dir else None
+    records: list[dict[str, Any]] = []
+    for name, limit in parse_repeats(config.every_choice, option="every_choice").items():
+        if name in EVAL_LOADERS:
+            raise EvaluationOnlyError(f"every_choice: {name!r} is evaluation-only, never training data")
+        if name not in LOADERS:
+            raise ValueError(f"every_choice: unknown source {name!r}; known: {sorted(LOADERS)}")
+        items = load_source(name, root, limit=limit)
+        if any(item.kind != "mc" for item in items):
+            raise ValueError(f"every_choice: {name!r} is not a multiple-choice source")
+        records += every_choice_records(items)
+    return records
 
 
 def question_messages(record: dict[str, Any]) -> list[dict[str, str]]:
@@ -568,6 +605,10 @@ def train(config: TrainConfig) -> Path:
         drop_sources(read_records(config.train_files, split=config.split), config.exclude_sources),
         parse_repeats(config.repeat),
     )
+    choice_records = drop_sources(every_choice_training_records(config), config.exclude_sources)
+    if choice_records:
+        log.info("%d every-choice records from %s", len(choice_records), config.every_choice)
+    records += choice_records
     examples, skipped = tokenize_records(tokenizer, records, max_len=config.max_len)
     if not examples:
         raise ValueError(
@@ -636,6 +677,8 @@ def train(config: TrainConfig) -> Path:
         "examples": len(examples),
         "repeat": parse_repeats(config.repeat),
         "exclude_sources": sorted(config.exclude_sources),
+        "every_choice": parse_repeats(config.every_choice, option="every_choice"),
+        "every_choice_records": len(choice_records),
         "correct": n_yes,
         "incorrect": len(examples) - n_yes,
         "skipped_too_long": skipped,

@@ -292,6 +292,49 @@ def test_graded_reader_refuses_mmlu_labelled_train():
     assert len(data.read_graded_jsonl(FIXTURES / "graded_mmlu_train.jsonl")) == 2
 
 
+# --------------------------------------------------------------------------- every choice
+
+
+def test_every_choice_grades_each_choice_by_gold_for_train_split_items(olmo_root):
+    items = data.load_source("arc_easy", olmo_root)
+    all_train = data.SplitConfig(train=1.0, calibration=0.0, test=0.0)
+    records = data.every_choice_records(items, all_train)
+    # Q1 has 3 choices (gold B), Q2 has 4 (gold "2" -> index 1): one correct each.
+    assert [(r["answer"], r["correct"]) for r in records] == [
+        ("A. Moon", False), ("B. Mars", True), ("C. Sun", False),
+        ("A. iron", False), ("B. oxygen", True), ("C. salt", False), ("D. wood", False),
+    ]  # fmt: skip
+    assert len({r["id"] for r in records}) == 7
+    assert {r["split"] for r in records} == {"train"}
+    assert records[0]["question"] == items[0].question  # the query sees what the model saw
+    assert records[1]["meta"] == {"choice": 1, "gold": 1, "every_choice": True}
+
+
+def test_every_choice_skips_held_out_open_and_evaluation_only_items(olmo_root):
+    everything_test = data.SplitConfig(train=0.0, calibration=0.0, test=1.0)
+    assert data.every_choice_records(data.load_source("arc_easy", olmo_root), everything_test) == []
+    all_train = data.SplitConfig(train=1.0, calibration=0.0, test=0.0)
+    assert data.every_choice_records(data.load_source("triviaqa", olmo_root), all_train) == []
+    mmlu = data.load_mmlu(olmo_root, splits=data.MMLU_SPLITS)
+    assert data.every_choice_records(mmlu, all_train) == []
+
+
+def test_training_config_adds_every_choice_records_of_mc_sources_only(olmo_root, tmp_path):
+    from adapters.train import TrainConfig, every_choice_training_records
+
+    def config(*specs: str) -> TrainConfig:
+        return TrainConfig(
+            model="m", train_files=["t.jsonl"], output_dir=str(tmp_path), every_choice=list(specs),
+            data_dir=str(olmo_root),
+        )  # fmt: skip
+
+    records = every_choice_training_records(config("arc_easy=5"))
+    expected = data.every_choice_records(data.load_source("arc_easy", olmo_root))
+    assert records == expected and len(records) == 7  # both fixture questions are in train
+    with pytest.raises(ValueError, match="not a multiple-choice source"):
+        every_choice_training_records(config("triviaqa=5"))
+
+
 # --------------------------------------------------------------------------- graded JSONL
 
 

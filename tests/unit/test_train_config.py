@@ -6,8 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from adapters.data import EvaluationOnlyError
 from adapters.job import JobConfig, calibration_records, training_data_summary
-from adapters.train import TrainConfig, drop_sources, oversample, parse_repeats
+from adapters.train import TrainConfig, drop_sources, every_choice_training_records, oversample, parse_repeats
 
 
 def test_parse_repeats_reads_source_factors() -> None:
@@ -18,6 +19,21 @@ def test_parse_repeats_reads_source_factors() -> None:
 def test_parse_repeats_rejects_bad_specs(spec: str) -> None:
     with pytest.raises(ValueError, match="SOURCE=N"):
         parse_repeats([spec])
+
+
+def test_every_choice_refuses_mmlu_and_unknown_sources_before_loading_data(tmp_path: Path) -> None:
+    def config(spec: str) -> TrainConfig:
+        return TrainConfig(
+            model="m", train_files=["t.jsonl"], output_dir=str(tmp_path), every_choice=[spec],
+            data_dir=str(tmp_path / "no-bundle-here"),
+        )  # fmt: skip
+
+    with pytest.raises(EvaluationOnlyError, match="mmlu_test"):
+        every_choice_training_records(config("mmlu_test=10"))
+    with pytest.raises(ValueError, match="unknown source 'squad'"):
+        every_choice_training_records(config("squad=10"))
+    with pytest.raises(ValueError, match="every_choice: expected SOURCE=N"):
+        config("arc_easy")
 
 
 def test_oversample_repeats_only_listed_sources_in_order() -> None:
