@@ -24,7 +24,17 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"
-DEFAULT_ADAPTER = REPO / "adapters" / "exported" / "smollm2-135m-uncertainty" / "v3"
+
+
+def newest_version(name_dir: Path) -> Path:
+    """The version the service serves by default: the newest under `<root>/<name>`."""
+    from service.adapter_files import version_key
+
+    versions = [p for p in name_dir.iterdir() if (p / "manifest.json").is_file()]
+    return max(versions, key=lambda p: version_key(p.name))
+
+
+DEFAULT_ADAPTER = newest_version(REPO / "adapters" / "exported" / "smollm2-135m-uncertainty")
 GRADED = REPO / "adapters" / "graded" / "smollm2-135m" / "train_mix.jsonl"
 
 # Questions for the latency benchmarks: short, varied, answerable by a small model.
