@@ -8,7 +8,7 @@ reference confidence histogram (for drift monitoring) in the adapter's manifest.
 
 Example:
 
-    confidence eval --adapter adapters/exported/smollm2-135m-uncertainty/v3 \\
+    confidence eval --adapter adapters/exported/smollm2-135m-uncertainty/v6 \\
         --graded data/graded/train_mix.jsonl --mmlu data/graded/mmlu.jsonl
 """
 
@@ -166,7 +166,8 @@ async def evaluate_async(config: EvalConfig, engine: Engine) -> dict[str, Any]:
     if config.update_manifest:
         # Every held-out item once (the per-source sets are views of open_ended_test).
         held_out = confidences["lora_prompt"]
-        manifest.metrics = nan_to_none(headline(report))
+        # Merged, not replaced: the training job's temperature fit (per source) stays beside it.
+        manifest.metrics = {**manifest.metrics, **nan_to_none(headline(report))}
         manifest.reference_histogram = ReferenceHistogram.model_validate(confidence_histogram(held_out))
         manifest.write(config.adapter)
     write_predictions(report_dir / PREDICTIONS_NAME, unique, confidences)

@@ -6,7 +6,7 @@ classifier, verbalized, self-consistency; bootstrap CIs) takes about 45 minutes 
 wrote for the adapter (adapters/reports/<name>/<version>/report.json). Regenerate that
 report with (as scripts/train_default_adapter does):
 
-    confidence eval --adapter adapters/exported/smollm2-135m-uncertainty/v3 \\
+    confidence eval --adapter adapters/exported/smollm2-135m-uncertainty/v6 \\
         --graded adapters/graded/smollm2-135m/train_mix.jsonl \\
         --mmlu adapters/graded/smollm2-135m/mmlu.jsonl --self_consistency_k 5 --max_per_set 400
 

@@ -129,7 +129,7 @@ async def test_evaluation_writes_report_and_histograms_each_held_out_item_once(t
     from service.manifest import AdapterManifest
     from tests.unit.conftest import write_adapter
 
-    adapter = write_adapter(tmp_path / "root", "unc", "v1")
+    adapter = write_adapter(tmp_path / "root", "unc", "v1", metrics={"temperature_fit": {"temperature": 1.5}})
     graded = tmp_path / "mix.jsonl"
     rows = [record(i, source="triviaqa" if i % 2 else "gsm8k", kind="open", split="test") for i in range(8)]
     graded.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -141,6 +141,9 @@ async def test_evaluation_writes_report_and_histograms_each_held_out_item_once(t
     assert sum(m["lora_prompt"]["n"] for m in report["eval_sets"].values()) == 16
     manifest = AdapterManifest.read(adapter)
     assert manifest.reference_histogram is not None and sum(manifest.reference_histogram.counts) == 8
+    # The headline metrics join the training job's temperature fit instead of replacing it.
+    assert manifest.metrics["temperature_fit"] == {"temperature": 1.5}
+    assert "open_ended_test" in manifest.metrics
     assert (tmp_path / "report" / "report.md").exists()
     # Per-item predictions: each held-out item once, with every method's confidence,
     # and they reproduce the report's accuracy.
