@@ -129,9 +129,10 @@ def every_choice_records(items: Iterable[QAItem], config: SplitConfig | None = N
     labelling yields) is too noisy a target to teach it. Evaluation-only items and items
     outside the train split yield nothing.
     """
+    config = config or SplitConfig()
     records = []
     for item in items:
-        if item.kind != "mc" or item.eval_only or item_split(item, config or SplitConfig()) != "train":
+        if item.kind != "mc" or item.eval_only or item_split(item, config) != "train":
             continue
         assert item.choices is not None  # QAItem guarantees choices and gold for "mc"
         for i in range(len(item.choices)):

@@ -18,7 +18,6 @@ import asyncio
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import numpy as np
 from adapters.calibrate import apply_temperature
 from adapters.data import GradedRecord, read_graded_jsonl
 from adapters.metrics import accuracy, ece, mean_confidence
-from adapters.train import SUMMARY_FILE, TrainConfig, every_choice_training_records, train
+from adapters.train import SUMMARY_FILE, TrainConfig, count_by_source, train
 from service.engine.base import LoRA
 
 log = logging.getLogger(__name__)
@@ -118,21 +117,11 @@ def training_data_summary(config: TrainConfig, adapter_dir: Path) -> dict[str, A
     return {
         "files": [Path(p).name for p in config.train_files],
         "split": "train",
-        "per_source": _count_by_source((r.source, r.correct) for r in split_records(config, "train")),
-        "every_choice_per_source": _count_by_source(
-            (r["source"], r["correct"]) for r in every_choice_training_records(config)
-        ),
+        "per_source": count_by_source((r.source, r.correct) for r in split_records(config, "train")),
+        # Counted by train() as it built them: reloading the QA bundle here would repeat that work.
+        "every_choice_per_source": summary.get("every_choice_per_source", {}),
         "training": summary,
     }
-
-
-def _count_by_source(pairs: Iterable[tuple[str | None, bool]]) -> dict[str, dict[str, int]]:
-    per_source: dict[str, dict[str, int]] = {}
-    for source, correct in pairs:
-        entry = per_source.setdefault(source or "user", {"n": 0, "correct": 0})
-        entry["n"] += 1
-        entry["correct"] += int(correct)
-    return per_source
 
 
 def run_job(config: TrainConfig, job: JobConfig) -> Path:

@@ -240,6 +240,16 @@ def oversample(records: Sequence[dict[str, Any]], repeats: dict[str, int]) -> li
     return [r for r in records for _ in range(repeats.get(str(r.get("source")), 1))]
 
 
+def count_by_source(pairs: Iterable[tuple[str | None, bool]]) -> dict[str, dict[str, int]]:
+    """{source: {"n", "correct"}} from (source, correct) pairs; no source counts as "user"."""
+    per_source: dict[str, dict[str, int]] = {}
+    for source, correct in pairs:
+        entry = per_source.setdefault(source or "user", {"n": 0, "correct": 0})
+        entry["n"] += 1
+        entry["correct"] += int(correct)
+    return per_source
+
+
 def every_choice_training_records(config: TrainConfig) -> list[dict[str, Any]]:
     """The every_choice records of config (see TrainConfig.every_choice), sources in order.
 
@@ -678,7 +688,7 @@ def train(config: TrainConfig) -> Path:
         "repeat": parse_repeats(config.repeat),
         "exclude_sources": sorted(config.exclude_sources),
         "every_choice": parse_repeats(config.every_choice, option="every_choice"),
-        "every_choice_records": len(choice_records),
+        "every_choice_per_source": count_by_source((r["source"], r["correct"]) for r in choice_records),
         "correct": n_yes,
         "incorrect": len(examples) - n_yes,
         "skipped_too_long": skipped,

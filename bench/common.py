@@ -22,19 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from service.adapter_files import newest_version_dir
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"
 
-
-def newest_version(name_dir: Path) -> Path:
-    """The version the service serves by default: the newest under `<root>/<name>`."""
-    from service.adapter_files import version_key
-
-    versions = [p for p in name_dir.iterdir() if (p / "manifest.json").is_file()]
-    return max(versions, key=lambda p: version_key(p.name))
-
-
-DEFAULT_ADAPTER = newest_version(REPO / "adapters" / "exported" / "smollm2-135m-uncertainty")
+# What the service serves by default: the newest shipped version.
+_NEWEST = newest_version_dir(REPO / "adapters" / "exported" / "smollm2-135m-uncertainty")
+assert _NEWEST is not None, "no shipped adapter under adapters/exported/smollm2-135m-uncertainty"
+DEFAULT_ADAPTER = _NEWEST
 GRADED = REPO / "adapters" / "graded" / "smollm2-135m" / "train_mix.jsonl"
 
 # Questions for the latency benchmarks: short, varied, answerable by a small model.

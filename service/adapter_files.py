@@ -62,6 +62,13 @@ def version_key(version: str) -> list[tuple[int, int | str]]:
     return [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", version) if p]
 
 
+def newest_version_dir(name_dir: Path) -> Path | None:
+    """`<root>/<name>/<version>` of the newest version with a manifest (what serving starts
+    with), or None when there is none; hidden directories are ignored."""
+    versions = [v for v in name_dir.iterdir() if not v.name.startswith(".") and (v / MANIFEST_FILE).is_file()]
+    return max(versions, key=lambda v: version_key(v.name), default=None)
+
+
 def adapter_dir(root: Path, name: str, version: str) -> Path:
     """`<root>/<name>/<version>` after validating both components.
 

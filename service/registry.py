@@ -22,7 +22,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.adapter_files import BaseModelInfo, adapter_dir, inspect_adapter, parse_spec, version_key
+from service.adapter_files import (
+    BaseModelInfo,
+    adapter_dir,
+    inspect_adapter,
+    newest_version_dir,
+    parse_spec,
+    version_key,
+)
 from service.adapter_snapshot import AdapterSnapshots
 from service.engine.base import LoRA
 from service.errors import (
@@ -31,7 +38,7 @@ from service.errors import (
     NoAdapterLoadedError,
     ServiceError,
 )
-from service.manifest import MANIFEST_FILE, AdapterManifest
+from service.manifest import AdapterManifest
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +102,9 @@ class AdapterRegistry:
             log.warning("adapter root %s does not exist: zero-shot confidence only", self.root)
             return
         for name_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            versions = [
-                v for v in name_dir.iterdir() if not v.name.startswith(".") and (v / MANIFEST_FILE).is_file()
-            ]
-            if not versions:
+            newest = newest_version_dir(name_dir)
+            if newest is None:
                 continue
-            newest = max(versions, key=lambda v: version_key(v.name))
             try:
                 adapter = self.prepare(name_dir.name, newest.name)
                 try:
