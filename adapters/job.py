@@ -26,8 +26,8 @@ import numpy as np
 
 from adapters.calibrate import apply_temperature
 from adapters.data import GradedRecord, read_graded_jsonl
-from adapters.metrics import accuracy, ece, mean_confidence
 from adapters.train import SUMMARY_FILE, TrainConfig, count_by_source, train
+from service.calibration.metrics import accuracy, ece, mean_confidence
 from service.engine.base import LoRA
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Train an uncertainty-query LoRA adapter (Kapoor et al. 2024, "LoRA + Prompt").
 
 Each graded record (question, proposed answer, correct?) becomes the query prompt of
-`service.confidence.query_ids`; the adapter learns to put the next token on the "yes"
+`service.calibration.query.query_ids`; the adapter learns to put the next token on the "yes"
 label when the answer is correct and on the "no" label otherwise. The loss is the
 cross-entropy over just those two logits, i.e. exactly the binary classifier the
 service reads. An optional KL/JSD term keeps the adapted model's next-token
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from service.confidence import (
+from service.calibration.query import (
     QUERY_TEMPLATE_VERSION,
     LabelTokens,
     encode_rendered,
@@ -599,7 +599,7 @@ def train(config: TrainConfig) -> Path:
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
-    from service.manifest import weights_fingerprint
+    from service.lora.manifest import weights_fingerprint
 
     if config.num_threads:
         torch.set_num_threads(config.num_threads)

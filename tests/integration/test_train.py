@@ -27,8 +27,8 @@ from adapters.train import (
     load_base,
     train,
 )
-from service.confidence import QUERY_TEMPLATE_VERSION, label_tokens, query_ids
-from service.manifest import AdapterManifest, weights_fingerprint
+from service.calibration.query import QUERY_TEMPLATE_VERSION, label_tokens, query_ids
+from service.lora.manifest import AdapterManifest, weights_fingerprint
 from tests.tiny_model import build_tiny_model, tokenizer_source
 
 pytestmark = pytest.mark.integration
