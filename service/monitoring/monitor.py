@@ -104,6 +104,32 @@ class CalibrationMonitor:
         ]
         await self._served("score", response.id, response.method, response.adapter, items)
 
+    async def served_answers(
+        self,
+        endpoint: str,
+        response_id: str,
+        method: Method,
+        adapter: AdapterInfo | None,
+        question: list[dict[str, str]],
+        answers: list[tuple[int, str, float]],
+    ) -> None:
+        """Record (index, answer, confidence) choices of one response; a stream records each
+        choice as it ends, so its feedback id works as soon as the client sees it."""
+        items = [
+            ServedItem(
+                index=index,
+                confidence=confidence,
+                chat=question if self.store_prompts else None,
+                answer=answer if self.store_prompts else None,
+            )
+            for index, answer, confidence in answers
+        ]
+        await self._served(endpoint, response_id, method, adapter, items)
+
+    def count_tokens(self, prompt_tokens: int, completion_tokens: int) -> None:
+        self.metrics.prompt_tokens.inc(prompt_tokens)
+        self.metrics.generated_tokens.inc(completion_tokens)
+
     async def _served(
         self,
         endpoint: str,
