@@ -44,6 +44,7 @@ from service.calibration.query import (
     encode_rendered,
     label_tokens,
     query_ids,
+    question_chat,
     render,
 )
 from service.engine.cpu import cpu_has_native_bf16
@@ -274,7 +275,10 @@ def every_choice_training_records(config: TrainConfig) -> list[dict[str, Any]]:
 
 
 def question_messages(record: dict[str, Any]) -> list[dict[str, str]]:
-    return [{"role": "user", "content": str(record["question"])}]
+    """The chat the record's answer replies to (its messages or question, context rendered in)."""
+    if record.get("messages") is not None:
+        return question_chat(messages=record["messages"], context=record.get("context"))
+    return question_chat(question=str(record["question"]), context=record.get("context"))
 
 
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:

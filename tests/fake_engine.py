@@ -115,18 +115,23 @@ class FakeEngine(Engine):
         return tokens, "length" if len(tokens) == options.max_tokens else "stop"
 
     @staticmethod
-    def _logprobs(tokens: list[str], options: SamplingOptions) -> tuple[TokenLogprob, ...] | None:
+    def _pieces(tokens: list[str]) -> list[str]:
+        """The text each token adds: the answer is the tokens joined by spaces."""
+        return [t if k == 0 else f" {t}" for k, t in enumerate(tokens)]
+
+    @staticmethod
+    def _logprobs(pieces: list[str], options: SamplingOptions) -> tuple[TokenLogprob, ...] | None:
         if options.logprobs is None:
             return None
         top = (("Answer:", -0.25), ("<s>", -2.0), ("x", -3.0), ("y", -4.0), ("z", -5.0))
-        return tuple(TokenLogprob(t, -0.5, top[: options.logprobs]) for t in tokens)
+        return tuple(TokenLogprob(p, -0.5, top[: options.logprobs]) for p in pieces)
 
     async def generate(
         self, prompt_ids: Sequence[int], options: SamplingOptions, *, lora: LoRA | None = None
     ) -> GenerationResult:
         await self._enter("generate", lora)
         tokens, finish = self._answer(prompt_ids, options)
-        logprobs = self._logprobs(tokens, options)
+        logprobs = self._logprobs(self._pieces(tokens), options)
         comps = [Completion(" ".join(tokens), finish, len(tokens), logprobs) for _ in range(options.n)]
         return GenerationResult(prompt_tokens=len(prompt_ids), completions=comps)
 
@@ -135,7 +140,7 @@ class FakeEngine(Engine):
     ) -> AsyncGenerator[StreamDelta, None]:
         await self._enter("generate_stream", lora)
         tokens, finish = self._answer(prompt_ids, options)
-        pieces = [t if k == 0 else f" {t}" for k, t in enumerate(tokens)] or [""]
+        pieces = self._pieces(tokens) or [""]
         self.streams_in_flight += 1
         done = False
         try:
@@ -147,7 +152,7 @@ class FakeEngine(Engine):
                         index=index,
                         text=piece,
                         tokens=1 if tokens else 0,
-                        logprobs=self._logprobs(tokens[k : k + 1], options),
+                        logprobs=self._logprobs([piece] if tokens else [], options),
                         finish_reason=finish if last else None,
                     )
                 if not last:

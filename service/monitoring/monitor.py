@@ -34,6 +34,7 @@ from service.api.protocol import (
 from service.calibration import metrics as calib
 from service.engine.base import Engine
 from service.errors import EngineDeadError, FeedbackStoreError, InvalidRequestError
+from service.feedback.export import stored_chat
 from service.feedback.store import Label, Outcome, OutcomeStore, ServedItem, ServedResponse, open_store
 from service.lora.manifest import ReferenceHistogram
 from service.lora.registry import LoadedAdapter
@@ -97,7 +98,7 @@ class CalibrationMonitor:
             ServedItem(
                 index=scored.index,
                 confidence=scored.confidence,
-                chat=[{"role": "user", "content": asked.question}] if self.store_prompts else None,
+                chat=stored_chat(asked.turns(), asked.context) if self.store_prompts else None,
                 answer=asked.answer if self.store_prompts else None,
             )
             for asked, scored in zip(request.items, response.items, strict=True)

@@ -17,6 +17,7 @@ from typing import Any
 
 from service.api.protocol import (
     AdapterInfo,
+    GenerateDelta,
     GenerateRequest,
     GenerateResponse,
     Method,
@@ -148,6 +149,28 @@ class _AnswerStream:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _generate_id() -> str:
+    return f"gen-{uuid.uuid4().hex}"
+
+
+def _generate_response(
+    response_id: str, prompt_tokens: int, completion: Completion, confidence: float, reader: ConfidenceReader
+) -> GenerateResponse:
+    return GenerateResponse(
+        id=response_id,
+        text=completion.text,
+        confidence=confidence,
+        method=reader.method,
+        adapter=reader.info,
+        usage=Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            total_tokens=prompt_tokens + completion.completion_tokens,
+        ),
+        finish_reason=completion.finish_reason,
+    )
 
 
 class ConfidenceService:
@@ -285,20 +308,23 @@ class ConfidenceService:
         prompt, options = self.generate_inputs(request)
         answers = await self.answer(prompt, options, reader)
         choice = answers.choices[0]
-        completion = choice.completion
-        return GenerateResponse(
-            id=f"gen-{uuid.uuid4().hex}",
-            text=completion.text,
-            confidence=choice.confidence,
-            method=reader.method,
-            adapter=reader.info,
-            usage=Usage(
-                prompt_tokens=answers.prompt_tokens,
-                completion_tokens=completion.completion_tokens,
-                total_tokens=answers.prompt_tokens + completion.completion_tokens,
-            ),
-            finish_reason=completion.finish_reason,
+        return _generate_response(
+            _generate_id(), answers.prompt_tokens, choice.completion, choice.confidence, reader
         )
+
+    async def generate_stream(
+        self, prompt: Prompt, options: SamplingOptions, reader: ConfidenceReader
+    ) -> AsyncGenerator[GenerateDelta | GenerateResponse, None]:
+        """/generate's stream: the answer in pieces as generated, then the whole response."""
+        response_id = _generate_id()
+        async with aclosing(self.answer_stream(prompt, options, reader)) as events:
+            async for event in events:
+                if isinstance(event, ChoiceText):
+                    yield GenerateDelta(id=response_id, text=event.text)
+                else:
+                    yield _generate_response(
+                        response_id, len(prompt.ids), event.completion, event.confidence, reader
+                    )
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
         if len(request.items) > self.limits.max_score_items:
@@ -313,7 +339,11 @@ class ConfidenceService:
         # Tokenize and length-check every item before submitting any: a bad item fails
         # the request before any engine work starts.
         queries = [
-            self.query([{"role": "user", "content": item.question}], item.answer, param=f"items[{i}]")
+            self.query(
+                cq.question_chat(messages=item.turns(), context=item.context),
+                item.answer,
+                param=f"items[{i}]",
+            )
             for i, item in enumerate(request.items)
         ]
         scores = await asyncio.gather(*(self.read(ids, reader) for ids in queries))
