@@ -201,10 +201,12 @@ class SetDefaultRequest(_Strict):
 
 class FeedbackItem(_Strict):
     id: str = Field(
-        min_length=1, max_length=MAX_ID_CHARS, description="`id` of a /generate or /score response."
+        min_length=1, max_length=MAX_ID_CHARS, description="`id` of a /generate, /score or /v1 response."
     )
     index: int | None = Field(
-        default=None, ge=0, description="Item of a /score response; omit for /generate."
+        default=None,
+        ge=0,
+        description="Item of a /score response or choice of a /v1 one; omit for /generate.",
     )
     correct: StrictBool = Field(description="Whether the answer was correct.")
 
@@ -214,7 +216,9 @@ class FeedbackRequest(_Strict):
 
     id: str | None = Field(default=None, min_length=1, max_length=MAX_ID_CHARS)
     index: int | None = Field(
-        default=None, ge=0, description="Item of a /score response; omit for /generate."
+        default=None,
+        ge=0,
+        description="Item of a /score response or choice of a /v1 one; omit for /generate.",
     )
     correct: StrictBool | None = None
     items: list[FeedbackItem] | None = Field(default=None, min_length=1, max_length=MAX_FEEDBACK_ITEMS)
