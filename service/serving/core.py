@@ -27,7 +27,7 @@ from service.api.protocol import (
     Usage,
 )
 from service.calibration import query as cq
-from service.engine.base import Completion, Engine, LoRA, SamplingOptions, TokenLogprob
+from service.engine.base import Completion, Engine, LoRA, SamplingOptions, StreamDelta, TokenLogprob
 from service.errors import InvalidRequestError, PromptTooLongError
 from service.lora.registry import AdapterRegistry
 
@@ -95,9 +95,15 @@ class _AnswerStream:
     choice's confidence read as that choice ends; `events` drains the queue."""
 
     def __init__(
-        self, service: ConfidenceService, prompt: Prompt, options: SamplingOptions, reader: ConfidenceReader
+        self,
+        service: ConfidenceService,
+        prompt: Prompt,
+        options: SamplingOptions,
+        reader: ConfidenceReader,
+        deltas: AsyncGenerator[StreamDelta, None],
     ) -> None:
         self.service, self.prompt, self.options, self.reader = service, prompt, options, reader
+        self.deltas = deltas
         self.queue: asyncio.Queue[ChoiceText | ChoiceDone | BaseException] = asyncio.Queue()
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -115,8 +121,7 @@ class _AnswerStream:
         texts = [""] * self.options.n
         tokens = [0] * self.options.n
         logprobs: list[list[TokenLogprob]] = [[] for _ in range(self.options.n)]
-        deltas = self.service.engine.generate_stream(self.prompt.ids, self.options, lora=None)
-        async with aclosing(deltas):
+        async with aclosing(self.deltas) as deltas:
             async for delta in deltas:
                 i = delta.index
                 texts[i] += delta.text
@@ -133,15 +138,19 @@ class _AnswerStream:
         ids = self.service.query(self.prompt.question, completion.text, param=self.prompt.param)
         self.queue.put_nowait(ChoiceDone(index, completion, await self.service.read(ids, self.reader)))
 
-    async def events(self) -> AsyncGenerator[ChoiceText | ChoiceDone, None]:
-        self._spawn(self._generate())
-        remaining = self.options.n
-        while remaining:
-            event = await self.queue.get()
-            if isinstance(event, BaseException):
-                raise event
-            remaining -= isinstance(event, ChoiceDone)
-            yield event
+    async def run(self) -> AsyncGenerator[ChoiceText | ChoiceDone, None]:
+        try:
+            self._spawn(self._generate())
+            remaining = self.options.n
+            while remaining:
+                event = await self.queue.get()
+                if isinstance(event, BaseException):
+                    raise event
+                remaining -= isinstance(event, ChoiceDone)
+                yield event
+        finally:
+            await self.cancel()
+            await self.deltas.aclose()  # if the engine stream never started
 
     async def cancel(self) -> None:
         """Cancel what still runs (closing vLLM's streams aborts their requests) and wait for it."""
@@ -171,6 +180,20 @@ def _generate_response(
         ),
         finish_reason=completion.finish_reason,
     )
+
+
+async def _generate_events(
+    events: AsyncGenerator[ChoiceText | ChoiceDone, None], prompt_tokens: int, reader: ConfidenceReader
+) -> AsyncGenerator[GenerateDelta | GenerateResponse, None]:
+    response_id = _generate_id()
+    async with aclosing(events):
+        async for event in events:
+            if isinstance(event, ChoiceText):
+                yield GenerateDelta(id=response_id, text=event.text)
+            else:
+                yield _generate_response(
+                    response_id, prompt_tokens, event.completion, event.confidence, reader
+                )
 
 
 class ConfidenceService:
@@ -274,19 +297,19 @@ class ConfidenceService:
         choices = [Answer(c, s) for c, s in zip(result.completions, scores, strict=True)]
         return Answers(result.prompt_tokens, choices)
 
-    async def answer_stream(
+    def answer_stream(
         self, prompt: Prompt, options: SamplingOptions, reader: ConfidenceReader
     ) -> AsyncGenerator[ChoiceText | ChoiceDone, None]:
         """Text as it is generated, then per choice a `ChoiceDone` with its confidence. Each
         choice's confidence read starts the moment that choice ends, while the others may
-        still be generating. Closing the generator early cancels all of its engine work."""
+        still be generating. Closing the generator early cancels all of its engine work.
+
+        Raises (here, before any engine work, so a route can still answer 4xx):
+            PromptTooLongError, InvalidRequestError: the prompt or the options cannot be served.
+        """
         self.check_fits(prompt, options)
-        stream = _AnswerStream(self, prompt, options, reader)
-        try:
-            async for event in stream.events():
-                yield event
-        finally:
-            await stream.cancel()
+        deltas = self.engine.generate_stream(prompt.ids, options, lora=None)
+        return _AnswerStream(self, prompt, options, reader, deltas).run()
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
         with self.reader(request.method, request.adapter) as reader:  # fail fast, before generating
@@ -312,19 +335,12 @@ class ConfidenceService:
             _generate_id(), answers.prompt_tokens, choice.completion, choice.confidence, reader
         )
 
-    async def generate_stream(
+    def generate_stream(
         self, prompt: Prompt, options: SamplingOptions, reader: ConfidenceReader
     ) -> AsyncGenerator[GenerateDelta | GenerateResponse, None]:
-        """/generate's stream: the answer in pieces as generated, then the whole response."""
-        response_id = _generate_id()
-        async with aclosing(self.answer_stream(prompt, options, reader)) as events:
-            async for event in events:
-                if isinstance(event, ChoiceText):
-                    yield GenerateDelta(id=response_id, text=event.text)
-                else:
-                    yield _generate_response(
-                        response_id, len(prompt.ids), event.completion, event.confidence, reader
-                    )
+        """/generate's stream: the answer in pieces as generated, then the whole response.
+        Raises like `answer_stream`, at the call."""
+        return _generate_events(self.answer_stream(prompt, options, reader), len(prompt.ids), reader)
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
         if len(request.items) > self.limits.max_score_items:

@@ -98,7 +98,9 @@ def test_stop_and_logprobs(client, model):
         model=model, messages=QUESTION, max_tokens=8, temperature=0, logprobs=True, top_logprobs=2
     )
     content = with_logprobs.choices[0].logprobs.content
-    assert "".join(t.token for t in content) == with_logprobs.choices[0].message.content
+    # One entry per generated token, the end-of-turn token included (as vLLM's server does).
+    assert len(content) == with_logprobs.usage.completion_tokens
+    assert "".join(t.token for t in content).startswith(with_logprobs.choices[0].message.content)
     assert all(t.logprob <= 0 and len(t.top_logprobs) == 2 for t in content)
 
 
@@ -131,3 +133,13 @@ def test_a_client_leaving_mid_stream_frees_its_sequences(server, model):
         while "confidence_inflight_sequences 0.0" not in http.get("/metrics").text:
             assert time.monotonic() < deadline, "the stream's sequence is still in flight"
             time.sleep(0.1)
+
+
+def test_a_refused_option_is_a_400_before_the_stream_starts(client, model):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU engine's limitation")
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=model, messages=QUESTION, temperature=0.8, seed=7, stream=True)
+    assert refused.value.body["param"] == "seed"

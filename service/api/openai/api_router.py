@@ -90,7 +90,7 @@ class _Serve:
         admission: Admission,
         deadline: Deadline,
         monitor: CalibrationMonitor,
-        request: oa._Sampling,
+        request: oa.SamplingRequest,
         call: Call,
         endpoint: str,
     ) -> None:
@@ -120,8 +120,7 @@ class _Serve:
             reader: ConfidenceReader = resources.enter_context(
                 self.service.reader(self.request.method, call.adapter)
             )
-            events = self.service.answer_stream(call.prompt, call.options, reader)
-            self.service.check_fits(call.prompt, call.options)  # a 400, not an error frame
+            events = self.service.answer_stream(call.prompt, call.options, reader)  # may raise a 4xx
 
             self.monitor.count_tokens(len(call.prompt.ids), 0)
 

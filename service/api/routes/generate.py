@@ -38,7 +38,6 @@ async def generate(
             resources.enter_context(admission.admit(1))
             reader = resources.enter_context(service.reader(request.method, request.adapter))
             prompt, options = service.generate_inputs(request)
-            service.check_fits(prompt, options)
             events = _recorded(service.generate_stream(prompt, options, reader), request, monitor)
             return EventStream(framed(deadline.stream(events), _error_frame), resources=resources)
     with admission.admit(1):
