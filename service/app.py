@@ -56,7 +56,7 @@ def build_app(
         finally:
             task.cancel()
             retention.cancel()
-            app.state.monitor.store.close()
+            app.state.monitor.close()
             if app.state.service_state.engine is not None:
                 app.state.service_state.engine.shutdown()
             if app.state.service_state.service is not None:

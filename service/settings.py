@@ -106,6 +106,18 @@ class Settings(BaseSettings):
     feedback_retention_days: float = Field(
         default=90, ge=0, description="Served responses older than this are deleted; 0 keeps them forever."
     )
+    feedback_queue_size: int = Field(
+        default=10_000,
+        ge=1,
+        description="Served responses waiting to be recorded; when full, new ones are dropped (counted) "
+        "rather than delaying answers.",
+    )
+    feedback_store_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Bound on each wait for the outcome store (connect, lock, statement); /feedback "
+        "and /calibration answer 503 past it.",
+    )
     drift_window: int = Field(
         default=500, ge=10, description="Recent confidences per adapter compared with its reference (PSI)."
     )
