@@ -3,16 +3,21 @@
 Routes call `ConfidenceService`; it owns prompt rendering, length limits, adapter
 resolution and the confidence math call. Every request awaits the engine directly
 (no lock, no worker), so concurrent requests — and all items of one /score — reach
-vLLM together and are batched.
+vLLM together and are batched. Rendering and tokenizing are CPU work that grows with the
+input, so they run on a small thread pool, never on the event loop (which must keep
+answering /health), and only after a character limit derived from the model's context
+has refused text that could never fit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from service.api.protocol import (
     AdapterInfo,
@@ -29,6 +34,21 @@ from service.engine.base import Engine, LoRA, SamplingOptions
 from service.errors import InvalidRequestError, PromptTooLongError
 from service.lora.registry import AdapterRegistry
 
+T = TypeVar("T")
+# When a tokenizer does not list its vocabulary: a generous bound on characters per token.
+DEFAULT_CHARS_PER_TOKEN = 32
+
+
+def chars_per_token_bound(tokenizer: Any) -> int:
+    """The longest token's length in characters: no text longer than `tokens × this` fits in
+    `tokens` tokens, so a character count can refuse hopeless input before tokenizing it.
+    (Byte-level vocabularies spell each byte as one character, so a token's string is never
+    shorter than the text it stands for.)"""
+    get_vocab = getattr(tokenizer, "get_vocab", None)
+    if get_vocab is None:
+        return DEFAULT_CHARS_PER_TOKEN
+    return max(1, max((len(token) for token in get_vocab()), default=DEFAULT_CHARS_PER_TOKEN))
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -37,6 +57,12 @@ class Limits:
     max_tokens_limit: int
     max_score_items: int
     query_reserve_tokens: int
+    # Characters across one confidence query's text (all messages + answer, or one /score
+    # item); default: what could possibly fit in the context (`with_char_limit`).
+    max_input_chars: int | None = None
+
+    def input_chars_limit(self) -> int:
+        return self.max_input_chars or self.max_model_len * DEFAULT_CHARS_PER_TOKEN
 
 
 @dataclass(frozen=True)
@@ -51,12 +77,38 @@ class ConfidenceReader:
 
 class ConfidenceService:
     def __init__(
-        self, engine: Engine, registry: AdapterRegistry, labels: cq.LabelTokens, limits: Limits
+        self,
+        engine: Engine,
+        registry: AdapterRegistry,
+        labels: cq.LabelTokens,
+        limits: Limits,
+        *,
+        tokenizer_threads: int = 1,
     ) -> None:
         self.engine = engine
         self.registry = registry
         self.labels = labels
         self.limits = limits
+        # Few threads: the work is CPU-bound, and Hugging Face fast tokenizers are not safe to
+        # call from many threads at once ("Already borrowed"); vLLM uses one as well.
+        self._tokenize_pool = ThreadPoolExecutor(tokenizer_threads, thread_name_prefix="tokenize")
+
+    async def _off_loop(self, call: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, call)
+
+    def check_input_chars(self, texts: Sequence[str], *, param: str) -> None:
+        """Refuse, before any tokenizing, text that cannot fit the context however it tokenizes."""
+        total, limit = sum(map(len, texts)), self.limits.input_chars_limit()
+        if total > limit:
+            context = self.limits.max_model_len
+            raise PromptTooLongError(
+                f"{param} has {total} characters; this server accepts at most {limit} per request "
+                f"(its {context}-token context at most {limit // context} characters per token)",
+                param=param,
+            )
+
+    def close(self) -> None:
+        self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
 
     @contextmanager
     def reader(self, method: Method, adapter: str | None) -> Iterator[ConfidenceReader]:
@@ -73,9 +125,10 @@ class ConfidenceService:
             info = AdapterInfo(name=loaded.name, version=loaded.version)
             yield ConfidenceReader(method, loaded.lora, loaded.temperature, info)
 
-    def query(self, question: list[cq.Message], answer: str, *, param: str) -> list[int]:
-        """Token ids of the confidence query, checked against the context length."""
-        ids = cq.query_ids(self.engine.tokenizer, question, answer)
+    async def query(self, question: list[cq.Message], answer: str, *, param: str) -> list[int]:
+        """Token ids of the confidence query (tokenized off the event loop), checked against
+        the context length."""
+        ids = await self._off_loop(lambda: cq.query_ids(self.engine.tokenizer, question, answer))
         if len(ids) >= self.limits.max_model_len:
             raise PromptTooLongError(
                 f"question + answer + confidence query is {len(ids)} tokens; the model context is "
@@ -106,15 +159,17 @@ class ConfidenceService:
     async def _generate(self, request: GenerateRequest, reader: ConfidenceReader) -> GenerateResponse:
         max_tokens = self._max_tokens(request)
         chat = request.chat()
+        param = "messages" if request.messages is not None else "prompt"
+        self.check_input_chars([m["content"] for m in chat], param=param)
         tokenizer = self.engine.tokenizer
-        prompt_ids = cq.encode_rendered(tokenizer, cq.render(tokenizer, chat))
+        prompt_ids = await self._off_loop(lambda: cq.encode_rendered(tokenizer, cq.render(tokenizer, chat)))
         budget = self.limits.max_model_len - max_tokens - self.limits.query_reserve_tokens
         if len(prompt_ids) > budget:
             raise PromptTooLongError(
                 f"prompt is {len(prompt_ids)} tokens; with max_tokens={max_tokens} and "
                 f"{self.limits.query_reserve_tokens} tokens kept for the confidence query, at most "
                 f"{max(budget, 0)} fit the {self.limits.max_model_len}-token context",
-                param="messages" if request.messages is not None else "prompt",
+                param=param,
             )
         options = SamplingOptions(
             max_tokens=max_tokens,
@@ -126,8 +181,7 @@ class ConfidenceService:
         # The answer comes from the base model; only the confidence query uses the adapter.
         result = await self.engine.generate(prompt_ids, options, lora=None)
         completion = result.completions[0]
-        param = "messages" if request.messages is not None else "prompt"
-        score = await self.read(self.query(chat, completion.text, param=param), reader)
+        score = await self.read(await self.query(chat, completion.text, param=param), reader)
         return GenerateResponse(
             id=f"gen-{uuid.uuid4().hex}",
             text=completion.text,
@@ -154,8 +208,10 @@ class ConfidenceService:
     async def _score(self, request: ScoreRequest, reader: ConfidenceReader) -> ScoreResponse:
         # Tokenize and length-check every item before submitting any: a bad item fails
         # the request before any engine work starts.
+        for i, item in enumerate(request.items):
+            self.check_input_chars([item.question, item.answer], param=f"items[{i}]")
         queries = [
-            self.query([{"role": "user", "content": item.question}], item.answer, param=f"items[{i}]")
+            await self.query([{"role": "user", "content": item.question}], item.answer, param=f"items[{i}]")
             for i, item in enumerate(request.items)
         ]
         scores = await asyncio.gather(*(self.read(ids, reader) for ids in queries))
