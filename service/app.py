@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.api import error_mapping, middleware
+from service.api.openai import api_router as openai_api
 from service.api.routes import adapter_admin, feedback, generate, health, monitoring, score
 from service.engine.base import Engine
 from service.monitoring.monitor import monitor_for
@@ -61,7 +62,6 @@ def build_app(
                 app.state.service_state.engine.shutdown()
             if app.state.service_state.service is not None:
                 app.state.service_state.service.registry.close()
-                app.state.service_state.service.close()
 
     app = FastAPI(
         title="Calibrated-confidence LLM service",
@@ -83,6 +83,6 @@ def build_app(
         adapter_label=app.state.monitor.adapter_label,
     )
     error_mapping.install(app)
-    for module in (generate, score, adapter_admin, health, feedback, monitoring):
+    for module in (generate, score, adapter_admin, health, feedback, monitoring, openai_api):
         app.include_router(module.router)
     return app

@@ -74,7 +74,7 @@ class RequestGuard:
             "(CONFIDENCE_MAX_BODY_BYTES)",
             param="body",
         )
-        response = error_response(error)
+        response = error_response(error, path=scope.get("path", ""))
         # The unread rest of the body makes the connection unusable for another request.
         response.headers["Connection"] = "close"
         await response(scope, receive, send)

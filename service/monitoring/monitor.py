@@ -40,6 +40,7 @@ from service.api.protocol import (
 from service.calibration import metrics as calib
 from service.engine.base import Engine
 from service.errors import EngineDeadError, FeedbackStoreError, InvalidRequestError, ResponseNotFoundError
+from service.feedback.export import stored_chat
 from service.feedback.store import (
     FeedbackResult,
     Label,
@@ -119,7 +120,6 @@ class CalibrationMonitor:
     def close(self) -> None:
         """Write what is queued (bounded), then close the store."""
         self.writer.close(self.store_timeout_s)
-        self._executor.shutdown(wait=False, cancel_futures=True)
         self.store.close()
 
     # ---------------------------------------------------------------- labels
@@ -147,12 +147,38 @@ class CalibrationMonitor:
             ServedItem(
                 index=scored.index,
                 confidence=scored.confidence,
-                chat=[{"role": "user", "content": asked.question}] if self.store_prompts else None,
+                chat=stored_chat(asked.turns(), asked.context) if self.store_prompts else None,
                 answer=asked.answer if self.store_prompts else None,
             )
             for asked, scored in zip(request.items, response.items, strict=True)
         ]
         self._served("score", response.id, response.method, response.adapter, items)
+
+    async def served_answers(
+        self,
+        endpoint: str,
+        response_id: str,
+        method: Method,
+        adapter: AdapterInfo | None,
+        question: list[dict[str, str]],
+        answers: list[tuple[int, str, float]],
+    ) -> None:
+        """Record (index, answer, confidence) choices of one response; a stream records each
+        choice as it ends, so its feedback id works as soon as the client sees it."""
+        items = [
+            ServedItem(
+                index=index,
+                confidence=confidence,
+                chat=question if self.store_prompts else None,
+                answer=answer if self.store_prompts else None,
+            )
+            for index, answer, confidence in answers
+        ]
+        self._served(endpoint, response_id, method, adapter, items)
+
+    def count_tokens(self, prompt_tokens: int, completion_tokens: int) -> None:
+        self.metrics.prompt_tokens.inc(prompt_tokens)
+        self.metrics.generated_tokens.inc(completion_tokens)
 
     def _served(
         self,
