@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 MAX_TEXT_CHARS = 200_000  # a cheap bound checked before tokenizing; the token limit is the real one
+MAX_MESSAGES = 128  # turns of one chat (the model's context bounds the text, this the list)
 MAX_FEEDBACK_ITEMS = 256
 MAX_ID_CHARS = 128
 MAX_CONTEXT_DOCUMENTS = 32
@@ -39,7 +40,7 @@ def _check_chat(messages: list[ChatMessage] | None) -> list[ChatMessage] | None:
 class GenerateRequest(_Strict):
     prompt: str | None = Field(default=None, max_length=MAX_TEXT_CHARS, description="A single user turn.")
     messages: list[ChatMessage] | None = Field(
-        default=None, min_length=1, description="A chat; must end with a user turn."
+        default=None, min_length=1, max_length=MAX_MESSAGES, description="A chat; must end with a user turn."
     )
     max_tokens: int | None = Field(default=None, ge=1, description="Defaults to the server's default.")
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)

@@ -3,17 +3,21 @@
 Routes call `ConfidenceService`; it owns prompt rendering, length limits, adapter
 resolution and the confidence math call. Every request awaits the engine directly
 (no lock, no worker), so concurrent requests — and all items of one /score — reach
-vLLM together and are batched.
+vLLM together and are batched. Rendering and tokenizing are CPU work that grows with the
+input, so they run on a small thread pool, never on the event loop (which must keep
+answering /health), and only after a character limit derived from the model's context
+has refused text that could never fit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncGenerator, Coroutine, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from service.api.protocol import (
     AdapterInfo,
@@ -31,6 +35,21 @@ from service.engine.base import Completion, Engine, LoRA, SamplingOptions, Strea
 from service.errors import InvalidRequestError, PromptTooLongError
 from service.lora.registry import AdapterRegistry
 
+T = TypeVar("T")
+# When a tokenizer does not list its vocabulary: a generous bound on characters per token.
+DEFAULT_CHARS_PER_TOKEN = 32
+
+
+def chars_per_token_bound(tokenizer: Any) -> int:
+    """The longest token's length in characters: no text longer than `tokens × this` fits in
+    `tokens` tokens, so a character count can refuse hopeless input before tokenizing it.
+    (Byte-level vocabularies spell each byte as one character, so a token's string is never
+    shorter than the text it stands for.)"""
+    get_vocab = getattr(tokenizer, "get_vocab", None)
+    if get_vocab is None:
+        return DEFAULT_CHARS_PER_TOKEN
+    return max(1, max((len(token) for token in get_vocab()), default=DEFAULT_CHARS_PER_TOKEN))
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -39,6 +58,12 @@ class Limits:
     max_tokens_limit: int
     max_score_items: int
     query_reserve_tokens: int
+    # Characters across one confidence query's text (all messages + answer, or one /score
+    # item); set at start-up from the tokenizer (`chars_per_token_bound`).
+    max_input_chars: int | None = None
+
+    def input_chars_limit(self) -> int:
+        return self.max_input_chars or self.max_model_len * DEFAULT_CHARS_PER_TOKEN
 
 
 @dataclass(frozen=True)
@@ -135,7 +160,7 @@ class _AnswerStream:
                     self._spawn(self._score(i, done))
 
     async def _score(self, index: int, completion: Completion) -> None:
-        ids = self.service.query(self.prompt.question, completion.text, param=self.prompt.param)
+        ids = await self.service.query(self.prompt.question, completion.text, param=self.prompt.param)
         self.queue.put_nowait(ChoiceDone(index, completion, await self.service.read(ids, self.reader)))
 
     async def run(self) -> AsyncGenerator[ChoiceText | ChoiceDone, None]:
@@ -198,12 +223,35 @@ async def _generate_events(
 
 class ConfidenceService:
     def __init__(
-        self, engine: Engine, registry: AdapterRegistry, labels: cq.LabelTokens, limits: Limits
+        self,
+        engine: Engine,
+        registry: AdapterRegistry,
+        labels: cq.LabelTokens,
+        limits: Limits,
+        *,
+        tokenizer_threads: int = 1,
     ) -> None:
         self.engine = engine
         self.registry = registry
         self.labels = labels
         self.limits = limits
+        # Few threads: the work is CPU-bound, and Hugging Face fast tokenizers are not safe to
+        # call from many threads at once ("Already borrowed"); vLLM uses one as well.
+        self._tokenize_pool = ThreadPoolExecutor(tokenizer_threads, thread_name_prefix="tokenize")
+
+    async def _off_loop(self, call: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, call)
+
+    def check_input_chars(self, texts: Sequence[str], *, param: str) -> None:
+        """Refuse, before any tokenizing, text that cannot fit the context however it tokenizes."""
+        total, limit = sum(map(len, texts)), self.limits.input_chars_limit()
+        if total > limit:
+            context = self.limits.max_model_len
+            raise PromptTooLongError(
+                f"{param} has {total} characters; this server accepts at most {limit} per request "
+                f"(its {context}-token context at most {limit // context} characters per token)",
+                param=param,
+            )
 
     @contextmanager
     def reader(self, method: Method, adapter: str | None) -> Iterator[ConfidenceReader]:
@@ -220,9 +268,11 @@ class ConfidenceService:
             info = AdapterInfo(name=loaded.name, version=loaded.version)
             yield ConfidenceReader(method, loaded.lora, loaded.temperature, info)
 
-    def query(self, question: list[cq.Message], answer: str, *, param: str) -> list[int]:
-        """Token ids of the confidence query, checked against the context length."""
-        ids = cq.query_ids(self.engine.tokenizer, question, answer)
+    async def query(self, question: list[cq.Message], answer: str, *, param: str) -> list[int]:
+        """Token ids of the confidence query (tokenized off the event loop), checked against
+        the context length."""
+        self.check_input_chars([*(m["content"] for m in question), answer], param=param)
+        ids = await self._off_loop(lambda: cq.query_ids(self.engine.tokenizer, question, answer))
         if len(ids) >= self.limits.max_model_len:
             raise PromptTooLongError(
                 f"question + answer + confidence query is {len(ids)} tokens; the model context is "
@@ -266,15 +316,18 @@ class ConfidenceService:
             logprobs=logprobs,
         )
 
-    def chat_prompt(self, chat: list[cq.Message], *, param: str) -> Prompt:
-        """A chat ending in a user turn, rendered with the model's chat template."""
+    async def chat_prompt(self, chat: list[cq.Message], *, param: str) -> Prompt:
+        """A chat ending in a user turn, rendered with the model's chat template (off the loop)."""
+        self.check_input_chars([m["content"] for m in chat], param=param)
         tokenizer = self.engine.tokenizer
-        return Prompt(cq.encode_rendered(tokenizer, cq.render(tokenizer, chat)), chat, param)
+        ids = await self._off_loop(lambda: cq.encode_rendered(tokenizer, cq.render(tokenizer, chat)))
+        return Prompt(ids, chat, param)
 
-    def text_prompt(self, text: str, *, param: str) -> Prompt:
+    async def text_prompt(self, text: str, *, param: str) -> Prompt:
         """Raw text continued as is (no chat template), as OpenAI's completions API does; its
         answers are scored as answers to `text` asked as one user turn."""
-        ids = list(self.engine.tokenizer.encode(text, add_special_tokens=True))
+        self.check_input_chars([text], param=param)
+        ids = await self._off_loop(lambda: list(self.engine.tokenizer.encode(text, add_special_tokens=True)))
         return Prompt(ids, [{"role": "user", "content": text}], param)
 
     def check_fits(self, prompt: Prompt, options: SamplingOptions) -> None:
@@ -292,7 +345,7 @@ class ConfidenceService:
         (only the confidence query uses the adapter)."""
         self.check_fits(prompt, options)
         result = await self.engine.generate(prompt.ids, options, lora=None)
-        queries = [self.query(prompt.question, c.text, param=prompt.param) for c in result.completions]
+        queries = [await self.query(prompt.question, c.text, param=prompt.param) for c in result.completions]
         scores = await asyncio.gather(*(self.read(ids, reader) for ids in queries))
         choices = [Answer(c, s) for c, s in zip(result.completions, scores, strict=True)]
         return Answers(result.prompt_tokens, choices)
@@ -315,7 +368,7 @@ class ConfidenceService:
         with self.reader(request.method, request.adapter) as reader:  # fail fast, before generating
             return await self._generate(request, reader)
 
-    def generate_inputs(self, request: GenerateRequest) -> tuple[Prompt, SamplingOptions]:
+    async def generate_inputs(self, request: GenerateRequest) -> tuple[Prompt, SamplingOptions]:
         """The prompt and sampling options of a native /generate request."""
         param = "messages" if request.messages is not None else "prompt"
         options = self.sampling(
@@ -325,10 +378,10 @@ class ConfidenceService:
             stop=request.stop or (),
             seed=request.seed,
         )
-        return self.chat_prompt(request.chat(), param=param), options
+        return await self.chat_prompt(request.chat(), param=param), options
 
     async def _generate(self, request: GenerateRequest, reader: ConfidenceReader) -> GenerateResponse:
-        prompt, options = self.generate_inputs(request)
+        prompt, options = await self.generate_inputs(request)
         answers = await self.answer(prompt, options, reader)
         choice = answers.choices[0]
         return _generate_response(
@@ -355,7 +408,7 @@ class ConfidenceService:
         # Tokenize and length-check every item before submitting any: a bad item fails
         # the request before any engine work starts.
         queries = [
-            self.query(
+            await self.query(
                 cq.question_chat(messages=item.turns(), context=item.context),
                 item.answer,
                 param=f"items[{i}]",

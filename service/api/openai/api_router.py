@@ -53,7 +53,7 @@ async def chat_completions(
 ) -> Any:
     """A chat completion whose every choice carries its calibrated confidence."""
     labels.note(request.method.value, request.adapter)
-    call = openai.chat_call(request)
+    call = await openai.chat_call(request)
     serve = _Serve(openai.service, admission, deadline, monitor, request, call, "chat.completions")
     if request.stream:
         return serve.stream(openai.chat_stream)
@@ -72,7 +72,7 @@ async def completions(
 ) -> Any:
     """A text completion (no chat template) whose every choice carries its confidence."""
     labels.note(request.method.value, request.adapter)
-    call = openai.completion_call(request)
+    call = await openai.completion_call(request)
     serve = _Serve(openai.service, admission, deadline, monitor, request, call, "completions")
     if request.stream:
         return serve.stream(openai.completion_stream)

@@ -89,17 +89,17 @@ class OpenAIServing:
 
     # ------------------------------------------------------------ requests
 
-    def chat_call(self, request: oa.ChatCompletionRequest) -> Call:
+    async def chat_call(self, request: oa.ChatCompletionRequest) -> Call:
         adapter = self._adapter(request)
         max_tokens, param = request.requested_max_tokens()
         options = self._options(request, max_tokens, param, request.logprobs_k())
-        prompt = self.service.chat_prompt(request.chat(), param="messages")
+        prompt = await self.service.chat_prompt(request.chat(), param="messages")
         return Call(f"chatcmpl-{uuid.uuid4().hex}", prompt, options, adapter, request.include_usage())
 
-    def completion_call(self, request: oa.CompletionRequest) -> Call:
+    async def completion_call(self, request: oa.CompletionRequest) -> Call:
         adapter = self._adapter(request)
         options = self._options(request, request.max_tokens, "max_tokens", request.logprobs)
-        prompt = self.service.text_prompt(request.text(), param="prompt")
+        prompt = await self.service.text_prompt(request.text(), param="prompt")
         return Call(f"cmpl-{uuid.uuid4().hex}", prompt, options, adapter, request.include_usage())
 
     def _options(
