@@ -257,23 +257,25 @@ def ask(client: httpx.Client, path: str, body: dict[str, Any], request_id: str) 
 
 
 def serve_round(stack: Stack, tag: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """One /generate per question and one /score of the pairs per question through the
-    gateway. Returns the responses and the replica that answered each request id."""
+    """One /generate per question, then as many /score of the pairs, through the gateway (each
+    endpoint in a run of its own: alternating them would pair each with one replica under
+    round robin). Returns the responses and the replica that answered each request id."""
     responses, request_ids = [], []
     with stack.client() as client:
         for i, (question, expected) in enumerate(QUESTIONS):
-            request_id = f"{tag}-generate-{i}"
-            generated = ask(client, "/generate", {"prompt": question, "max_tokens": 16}, request_id)
+            request_ids.append(f"{tag}-generate-{i}")
+            generated = ask(client, "/generate", {"prompt": question, "max_tokens": 16}, request_ids[-1])
             assert 0.0 <= generated["confidence"] <= 1.0, generated
             stack.served.append((generated["id"], 0, expected in generated["text"].lower()))
-            request_id_score = f"{tag}-score-{i}"
-            items = [{"question": q, "answer": a} for q, a, _ in SCORED]
-            scored = ask(client, "/score", {"items": items}, request_id_score)
+            responses.append(generated)
+        items = [{"question": q, "answer": a} for q, a, _ in SCORED]
+        for i in range(len(QUESTIONS)):
+            request_ids.append(f"{tag}-score-{i}")
+            scored = ask(client, "/score", {"items": items}, request_ids[-1])
             assert [item["index"] for item in scored["items"]] == list(range(len(SCORED))), scored
             assert all(0.0 <= item["confidence"] <= 1.0 for item in scored["items"]), scored
-            stack.served += [(scored["id"], i, ok) for i, (_, _, ok) in enumerate(SCORED)]
-            responses += [generated, scored]
-            request_ids += [request_id, request_id_score]
+            stack.served += [(scored["id"], j, ok) for j, (_, _, ok) in enumerate(SCORED)]
+            responses.append(scored)
     return responses, stack.served_by(request_ids)
 
 
