@@ -21,7 +21,7 @@ from tqdm import tqdm
 from adapters.data import GradedRecord, Kind, QAItem, stable_seed
 from adapters.grading import answer_window, extract_number, normalize_answer
 from adapters.labelling import answer_messages
-from service import confidence as cq
+from service.calibration import query as cq
 from service.engine.base import Engine, LoRA, SamplingOptions
 
 T = TypeVar("T")
@@ -53,7 +53,7 @@ async def run_chunked(
 
 
 def question_of(record: GradedRecord) -> list[cq.Message]:
-    return [{"role": "user", "content": record.question}]
+    return record.chat()
 
 
 async def query_gaps(engine: Engine, records: Sequence[GradedRecord], lora: LoRA | None) -> np.ndarray:

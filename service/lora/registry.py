@@ -1,0 +1,251 @@
+"""Which uncertainty adapters are served, under which names, and which one is the default.
+
+Layout on disk: `<root>/<name>/<version>/` holding the PEFT files and `manifest.json`.
+Several versions of a name can be loaded at once; each name has a *current* version
+(what `adapter: "name"` gets) and one name is the *default* (what a request naming no
+adapter gets). `name@version` pins a version.
+
+All state changes are plain assignments made on the event loop with no `await` in
+between, so a switch is atomic: a request resolves its adapter once, at its start, and
+holds a lease on it until it ends; requests already running finish on the version they
+started with, new requests see the new one. Unloading waits for the leases to drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.engine.base import LoRA
+from service.errors import (
+    AdapterConflictError,
+    AdapterNotFoundError,
+    NoAdapterLoadedError,
+    ServiceError,
+)
+from service.lora.files import (
+    BaseModelInfo,
+    adapter_dir,
+    inspect_adapter,
+    newest_version_dir,
+    parse_spec,
+    version_key,
+)
+from service.lora.manifest import AdapterManifest
+from service.lora.snapshot import AdapterSnapshots
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AdapterRegistry", "BaseModelInfo", "LoadedAdapter"]
+
+
+@dataclass(eq=False)
+class LoadedAdapter:
+    name: str
+    version: str
+    temperature: float
+    lora: LoRA
+    manifest: AdapterManifest
+    loaded_at: float = field(default_factory=time.time)
+    requests_served: int = 0
+    in_flight: int = 0
+    retired: bool = False
+    _idle: asyncio.Event | None = None
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    async def drained(self) -> None:
+        """Returns once no request holds this adapter."""
+        if self.in_flight == 0:
+            return
+        self._idle = self._idle or asyncio.Event()
+        await self._idle.wait()
+
+    def _release(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0 and self._idle is not None:
+            self._idle.set()
+
+
+class AdapterRegistry:
+    def __init__(
+        self,
+        root: Path,
+        base: BaseModelInfo,
+        *,
+        default: str | None = None,
+        snapshots: AdapterSnapshots | None = None,
+    ) -> None:
+        self.root = root
+        self.base = base
+        # None: serve straight from the adapter root (which must then stay as it is).
+        self.snapshots = snapshots
+        self.default = default  # a name; its current version serves requests that name none
+        self._loaded: dict[str, dict[str, LoadedAdapter]] = {}
+        self._current: dict[str, str] = {}
+        self._rejected: dict[str, str] = {}
+        self._ids = itertools.count(1)
+
+    # ------------------------------------------------------------ start-up
+
+    def scan(self) -> None:
+        """Stage the newest valid version of every adapter under the root (start-up)."""
+        if not self.root.is_dir():
+            log.warning("adapter root %s does not exist: zero-shot confidence only", self.root)
+            return
+        for name_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            newest = newest_version_dir(name_dir)
+            if newest is None:
+                continue
+            try:
+                adapter = self.prepare(name_dir.name, newest.name)
+                try:
+                    self.add(adapter)
+                except ServiceError:
+                    self.discard(adapter)
+                    raise
+            except ServiceError as exc:
+                self._rejected[name_dir.name] = exc.message
+                log.error("not serving adapter %s: %s", name_dir.name, exc.message)
+
+    # ------------------------------------------------------------ changes
+
+    def prepare(self, name: str, version: str) -> LoadedAdapter:
+        """Validate `<root>/<name>/<version>` and give it its own LoRA identity (not yet served).
+
+        Each loaded version gets a fresh vLLM name and int id, so it never shares the
+        engine's LoRA slot or prefix-cache blocks with another version of the same name.
+        """
+        path = adapter_dir(self.root, name, version)
+        uid = next(self._ids)
+        if self.snapshots is not None:
+            path = self.snapshots.take(path, uid)  # validated and served: the same bytes
+        try:
+            manifest = inspect_adapter(path, self.base)
+        except ServiceError:
+            if self.snapshots is not None:
+                self.snapshots.drop(path)
+            raise
+        lora = LoRA(name=f"{name}@{version}#{uid}", int_id=uid, path=path)
+        return LoadedAdapter(name, version, manifest.temperature, lora, manifest)
+
+    def discard(self, adapter: LoadedAdapter) -> None:
+        """Delete the files of a prepared adapter the engine no longer (or never) serves."""
+        if self.snapshots is not None:
+            self.snapshots.drop(adapter.lora.path)
+
+    def close(self) -> None:
+        if self.snapshots is not None:
+            self.snapshots.close()
+
+    def add(self, adapter: LoadedAdapter, *, make_current: bool = False) -> None:
+        """Serve `adapter`; it becomes its name's current version if asked or if it is the first."""
+        versions = self._loaded.setdefault(adapter.name, {})
+        if adapter.version in versions:
+            raise AdapterConflictError(f"adapter {adapter.spec} is already loaded", param="version")
+        versions[adapter.version] = adapter
+        if make_current or adapter.name not in self._current:
+            self._current[adapter.name] = adapter.version
+        self._rejected.pop(adapter.name, None)
+        log.info("serving adapter %s (T=%.3f)", adapter.spec, adapter.temperature)
+
+    def set_default(self, spec: str) -> LoadedAdapter:
+        """Make `name[@version]` the default: its name becomes the default and the version
+        that name's current one. One step, no await: atomic for requests."""
+        adapter = self.resolve(spec)
+        self._current[adapter.name] = adapter.version
+        self.default = adapter.name
+        log.info("default adapter is now %s", adapter.spec)
+        return adapter
+
+    def retire(self, spec: str) -> LoadedAdapter:
+        """Stop routing new requests to `name@version`; in-flight ones keep their lease.
+
+        Raises:
+            AdapterConflictError: it is what requests naming no adapter get.
+        """
+        name, version = parse_spec(spec)
+        adapter = self.resolve(spec if version else f"{name}@{self._current.get(name, '')}")
+        if adapter.name == self.default and self._current.get(adapter.name) == adapter.version:
+            raise AdapterConflictError(
+                f"adapter {adapter.spec} is the default; make another adapter the default first",
+                param="adapter",
+            )
+        versions = self._loaded[adapter.name]
+        del versions[adapter.version]
+        adapter.retired = True
+        if not versions:
+            del self._loaded[adapter.name], self._current[adapter.name]
+        elif self._current[adapter.name] == adapter.version:
+            self._current[adapter.name] = max(versions, key=version_key)
+        log.info("retired adapter %s (%d requests in flight)", adapter.spec, adapter.in_flight)
+        return adapter
+
+    # ------------------------------------------------------------ lookups
+
+    def list(self) -> list[LoadedAdapter]:
+        return [a for versions in self._loaded.values() for a in versions.values()]
+
+    def is_current(self, adapter: LoadedAdapter) -> bool:
+        return self._current.get(adapter.name) == adapter.version
+
+    def default_adapter(self) -> LoadedAdapter | None:
+        if self.default is None or self.default not in self._current:
+            return None
+        return self._loaded[self.default][self._current[self.default]]
+
+    @property
+    def rejected(self) -> dict[str, str]:
+        return dict(self._rejected)
+
+    def resolve(self, spec: str | None) -> LoadedAdapter:
+        """The adapter a request asked for (`name`, `name@version`), or the default.
+
+        Raises:
+            InvalidRequestError: the spec is not a valid name[@version].
+            AdapterNotFoundError: the named adapter (version) is not served.
+            NoAdapterLoadedError: no name given and no default adapter is being served.
+        """
+        if spec is None:
+            default = self.default_adapter()
+            if default is None:
+                why = self._rejected.get(self.default or "", "no trained uncertainty adapter is loaded")
+                raise NoAdapterLoadedError(
+                    f"method 'adapter' needs an uncertainty adapter: {why}; "
+                    "use method 'zero_shot' or name an adapter",
+                    param="adapter",
+                )
+            return default
+        name, version = parse_spec(spec)
+        versions = self._loaded.get(name)
+        if versions is None:
+            rejected = self._rejected.get(name)
+            detail = f" ({rejected})" if rejected else f"; served adapters: {sorted(self._loaded) or 'none'}"
+            raise AdapterNotFoundError(f"adapter {name!r} is not served{detail}", param="adapter")
+        version = version or self._current[name]
+        if version not in versions:
+            loaded = sorted(versions, key=version_key)
+            raise AdapterNotFoundError(
+                f"adapter {name}@{version} is not loaded; loaded versions: {loaded}",
+                param="adapter",
+            )
+        return versions[version]
+
+    @contextmanager
+    def lease(self, spec: str | None) -> Iterator[LoadedAdapter]:
+        """Resolve once and hold the adapter for the whole request (unload waits for it)."""
+        adapter = self.resolve(spec)
+        adapter.in_flight += 1
+        adapter.requests_served += 1
+        try:
+            yield adapter
+        finally:
+            adapter._release()

@@ -1,0 +1,117 @@
+"""Start-up: resolve the model, start the engine, load adapters, warm up.
+
+Runs as a background task of the app's lifespan so that `/health` answers while the
+model loads (minutes for large models) and `/ready` turns 200 only after every path a
+request can take — base generation and each adapter's LoRA — has run once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.calibration import query as cq
+from service.engine.base import Engine, SamplingOptions
+from service.lora.manifest import weights_fingerprint
+from service.lora.ops import AdapterOps
+from service.lora.registry import AdapterRegistry, BaseModelInfo
+from service.lora.snapshot import AdapterSnapshots
+from service.serving.core import ConfidenceService, Limits
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Phase(str, enum.Enum):
+    starting = "starting"
+    ready = "ready"
+    failed = "failed"
+
+
+@dataclass
+class ServiceState:
+    """Mutable start-up state shared by the lifespan and the dependency functions."""
+
+    phase: Phase = Phase.starting
+    detail: str | None = None
+    engine: Engine | None = None
+    service: ConfidenceService | None = None
+    ops: AdapterOps | None = None
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+def resolve_model(settings: Settings) -> str:
+    """The configured model, or the embedded default fetched into the cache."""
+    if settings.model:
+        return settings.model
+    from service.engine.model_fetch import ensure_default_model
+
+    return str(ensure_default_model(settings.model_cache_dir))
+
+
+def make_engine(settings: Settings, model: str) -> Engine:
+    from service.engine.vllm_engine import VLLMEngine
+
+    return VLLMEngine(
+        model,
+        max_model_len=settings.max_model_len,
+        max_loras=settings.max_loras,
+        max_lora_rank=settings.max_lora_rank,
+        max_cpu_loras=settings.max_cpu_loras,
+        kv_cache_gib=settings.kv_cache_gib,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        dtype=settings.dtype,
+        seed=settings.seed,
+        enforce_eager=settings.enforce_eager,
+    )
+
+
+def base_model_info(engine: Engine, max_lora_rank: int) -> BaseModelInfo:
+    path = Path(engine.model_path)
+    sha = weights_fingerprint(path) if path.is_dir() else None
+    if sha is None:
+        log.warning("model %s is not a local directory: adapter base-model checks are skipped", path)
+    return BaseModelInfo(
+        weights_sha256=sha, labels=cq.label_tokens(engine.tokenizer), max_lora_rank=max_lora_rank
+    )
+
+
+async def warm_up(service: ConfidenceService) -> None:
+    """Run base generation and every adapter's confidence read once, concurrently."""
+    tokenizer = service.engine.tokenizer
+    question = [{"role": "user", "content": "What is 2 + 2?"}]
+    prompt = cq.encode_rendered(tokenizer, cq.render(tokenizer, question))
+    query = cq.query_ids(tokenizer, question, "4")
+    loras = [None, *(a.lora for a in service.registry.list())]
+    await asyncio.gather(
+        service.engine.generate(prompt, SamplingOptions(max_tokens=2)),
+        *(service.engine.next_token_logprobs(query, [service.labels.no_id], lora=lora) for lora in loras),
+    )
+
+
+async def start_service(
+    settings: Settings, engine: Engine | None
+) -> tuple[Engine, ConfidenceService, AdapterOps]:
+    if engine is None:
+        model = await asyncio.to_thread(resolve_model, settings)
+        engine = make_engine(settings, model)
+    await engine.start()
+    base = await asyncio.to_thread(base_model_info, engine, settings.max_lora_rank)
+    registry = AdapterRegistry(
+        settings.adapter_root, base, default=settings.default_adapter, snapshots=AdapterSnapshots()
+    )
+    await asyncio.to_thread(registry.scan)
+    limits = Limits(
+        max_model_len=engine.max_model_len,
+        default_max_tokens=settings.default_max_tokens,
+        max_tokens_limit=settings.max_tokens_limit,
+        max_score_items=settings.max_score_items,
+        query_reserve_tokens=settings.query_reserve_tokens,
+    )
+    service = ConfidenceService(engine, registry, base.labels, limits)
+    await warm_up(service)
+    return engine, service, AdapterOps(engine, registry, drain_timeout_s=settings.adapter_drain_timeout_s)
