@@ -32,7 +32,7 @@ from service.api.protocol import (
 )
 from service.calibration import query as cq
 from service.engine.base import Completion, Engine, LoRA, SamplingOptions, StreamDelta, TokenLogprob
-from service.errors import InvalidRequestError, PromptTooLongError
+from service.errors import InvalidRequestError, PromptTooLongError, ServiceError
 from service.lora.registry import AdapterRegistry
 
 T = TypeVar("T")
@@ -146,6 +146,7 @@ class _AnswerStream:
         texts = [""] * self.options.n
         tokens = [0] * self.options.n
         logprobs: list[list[TokenLogprob]] = [[] for _ in range(self.options.n)]
+        finished = 0
         async with aclosing(self.deltas) as deltas:
             async for delta in deltas:
                 i = delta.index
@@ -155,9 +156,14 @@ class _AnswerStream:
                 if delta.text or delta.logprobs:
                     self.queue.put_nowait(ChoiceText(i, delta.text, delta.logprobs))
                 if delta.finish_reason is not None:
+                    finished += 1
                     lps = tuple(logprobs[i]) if self.options.logprobs is not None else None
                     done = Completion(texts[i], delta.finish_reason, tokens[i], lps)
                     self._spawn(self._score(i, done))
+        if finished < self.options.n:  # else `run` would wait for a choice that never ends
+            raise ServiceError(
+                f"the engine ended the stream with {finished} of {self.options.n} choices done"
+            )
 
     async def _score(self, index: int, completion: Completion) -> None:
         ids = await self.service.query(self.prompt.question, completion.text, param=self.prompt.param)

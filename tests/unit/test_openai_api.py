@@ -295,3 +295,19 @@ def test_a_choice_is_scored_as_soon_as_it_ends(settings):
     order = [(c["index"], "done" if c["confidence"] else c["delta"].get("content")) for c in choices]
     assert [o for o in order if o[0] == 0] == [(0, ""), (0, "Paris"), (0, "done")]
     assert [o for o in order if o[0] == 1] == [(1, ""), (1, "Lyon"), (1, "done")]
+
+
+class ShortStreamEngine(FakeEngine):
+    """An engine stream that ends before its second choice does."""
+
+    async def generate_stream(self, prompt_ids, options, *, lora=None):
+        yield StreamDelta(index=0, text="Paris", tokens=1, finish_reason="stop")
+        yield StreamDelta(index=1, text="Ly", tokens=1)
+
+
+def test_a_stream_that_ends_early_is_an_error_not_a_hang(settings):
+    with TestClient(build_app(settings, engine=ShortStreamEngine())) as client:
+        wait_ready(client)
+        body = {"model": MODEL, "messages": CHAT, "n": 2, "stream": True}
+        events = sse_events(client.post("/v1/chat/completions", json=body).text)
+    assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "internal_error"
