@@ -235,10 +235,10 @@ def train(config: TrainConfig, args: QueryTrainingArguments) -> Path:
     config = dataclasses.replace(config, dtype=resolve_dtype(config.dtype))
     if not args.output_dir:
         raise ValueError("output_dir: required")
+    output_dir = Path(args.output_dir)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() and not args.use_cpu:
         # Without it accelerate sees no distributed CPU run and each process trains alone.
         args = dataclasses.replace(args, use_cpu=True)
-    output_dir = Path(args.output_dir)
     set_seed(args.seed)
     base, tokenizer = load_base(config.model, config.dtype)
     tokens = label_tokens(tokenizer)
