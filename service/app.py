@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from service.api import error_mapping, middleware
 from service.api.routes import adapter_admin, feedback, generate, health, monitoring, score
+from service.decisions.selective import selective_for
 from service.engine.base import Engine
 from service.monitoring.monitor import monitor_for
 from service.monitoring.prometheus import RequestMetricsMiddleware
@@ -73,6 +74,7 @@ def build_app(
     app.state.admission = Admission(settings.max_inflight_sequences)
     app.state.deadline = Deadline(settings.request_timeout_s or None)
     app.state.monitor = monitor_for(settings, app.state.service_state, app.state.admission)
+    app.state.selective = selective_for(settings, app.state.monitor)
     # Added first, so it runs inside the metrics middleware: its 413s and the 499 it reports
     # for departed clients are counted like any other response.
     middleware.install(app, max_body_bytes=settings.max_body_bytes)

@@ -110,6 +110,20 @@ class Settings(BaseSettings):
         default=500, ge=10, description="Recent confidences per adapter compared with its reference (PSI)."
     )
 
+    selective_delta: float = Field(
+        default=0.05,
+        gt=0,
+        lt=1,
+        description="target_error_rate: the chosen threshold's error rate among answered items exceeds "
+        "the target with probability at most this.",
+    )
+    selective_min_live_labels: int = Field(
+        default=200,
+        ge=1,
+        description="target_error_rate: live labels of a version needed before they replace the "
+        "calibration split recorded with it.",
+    )
+
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
         if self.default_max_tokens > self.max_tokens_limit:

@@ -14,9 +14,14 @@ from service.errors import ServiceError
 
 
 def _error(
-    status: int, type_: str, message: str, param: str | None, headers: dict[str, str] | None = None
+    status: int,
+    type_: str,
+    message: str,
+    param: str | None,
+    headers: dict[str, str] | None = None,
+    details: dict[str, Any] | None = None,
 ) -> JSONResponse:
-    body = ErrorResponse(error=ErrorBody(type=type_, message=message, param=param))
+    body = ErrorResponse(error=ErrorBody(type=type_, message=message, param=param, **(details or {})))
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
@@ -31,7 +36,7 @@ def _param(loc: tuple[Any, ...]) -> str | None:
 
 def error_response(exc: ServiceError) -> JSONResponse:
     """The JSON response for a typed error (also used by the ASGI middleware, outside FastAPI)."""
-    return _error(exc.status_code, exc.error_type, exc.message, exc.param, exc.headers())
+    return _error(exc.status_code, exc.error_type, exc.message, exc.param, exc.headers(), exc.details())
 
 
 async def service_error(_: Request, exc: Exception) -> JSONResponse:

@@ -5,7 +5,16 @@ from __future__ import annotations
 from enum import Enum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 MAX_TEXT_CHARS = 200_000  # a cheap bound checked before tokenizing; the token limit is the real one
 MAX_FEEDBACK_ITEMS = 256
@@ -26,17 +35,72 @@ class ChatMessage(_Strict):
     content: str = Field(max_length=MAX_TEXT_CHARS)
 
 
-class GenerateRequest(_Strict):
+class Decision(str, Enum):
+    answer = "answer"
+    abstain = "abstain"
+
+
+class _Selective(_Strict):
+    """Optional selective answering: without these fields nothing in the response changes."""
+
+    abstain_below: StrictFloat | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Answer when the confidence is >= this, else abstain: adds `decision` to the response.",
+    )
+    # Below 0.001 the labels a guarantee needs run into the thousands of millions.
+    target_error_rate: StrictFloat | None = Field(
+        default=None,
+        ge=0.001,
+        lt=1.0,
+        description="The server picks the lowest threshold whose error rate among answered items is <= "
+        "this (with probability >= 1 - delta, from labelled outcomes of the adapter version): adds "
+        "`decision` and `selection`. 409 when too few labels exist for any threshold to qualify.",
+    )
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> _Selective:
+        if self.abstain_below is not None and self.target_error_rate is not None:
+            raise ValueError("give at most one of 'abstain_below' or 'target_error_rate'")
+        return self
+
+
+class Selection(BaseModel):
+    """How the answer/abstain threshold was set."""
+
+    threshold: float = Field(description="Answer when confidence >= threshold.")
+    source: Literal["request", "outcome_store", "calibration_split"] = Field(
+        description="request: the client's abstain_below; outcome_store: live labels of this adapter "
+        "version and method; calibration_split: the labelled split recorded with the version."
+    )
+    target_error_rate: float | None = None
+    delta: float | None = Field(
+        default=None,
+        description="The error rate among answered items exceeds the target with "
+        "probability at most delta (over the labelled sample).",
+    )
+    expected_coverage: float | None = Field(
+        default=None, description="Fraction of labelled items the threshold answers."
+    )
+    n_labels: int | None = Field(default=None, description="Labelled items the threshold rests on.")
+    risk_upper_bound: float | None = Field(
+        default=None, description="(1 - delta) upper bound on the error rate among answered items."
+    )
+
+
+class GenerateRequest(_Selective):
     prompt: str | None = Field(default=None, max_length=MAX_TEXT_CHARS, description="A single user turn.")
     messages: list[ChatMessage] | None = Field(
         default=None, min_length=1, description="A chat; must end with a user turn."
     )
-    max_tokens: int | None = Field(default=None, ge=1, description="Defaults to the server's default.")
+    # Strict: a quoted number is refused as the schema says, not silently converted.
+    max_tokens: StrictInt | None = Field(default=None, ge=1, description="Defaults to the server's default.")
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(default=None, max_length=8)
     # Engines seed a 64-bit generator; a larger value would fail inside the engine.
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    seed: StrictInt | None = Field(default=None, ge=0, le=2**63 - 1)
     adapter: str | None = Field(default=None, description="Uncertainty adapter; default = server default.")
     method: Method = Method.adapter
 
@@ -88,6 +152,10 @@ class GenerateResponse(BaseModel):
     adapter: AdapterInfo | None
     usage: Usage
     finish_reason: str
+    decision: Decision | None = Field(
+        default=None, description="Only with abstain_below or target_error_rate."
+    )
+    selection: Selection | None = Field(default=None, description="Only with target_error_rate.")
 
 
 class ScoreItem(_Strict):
@@ -102,7 +170,7 @@ class ScoreItem(_Strict):
         return question
 
 
-class ScoreRequest(_Strict):
+class ScoreRequest(_Selective):
     items: list[ScoreItem] = Field(min_length=1)
     adapter: str | None = None
     method: Method = Method.adapter
@@ -111,6 +179,9 @@ class ScoreRequest(_Strict):
 class ScoredItem(BaseModel):
     index: int
     confidence: float = Field(ge=0.0, le=1.0)
+    decision: Decision | None = Field(
+        default=None, description="Only with abstain_below or target_error_rate."
+    )
 
 
 class ScoreResponse(BaseModel):
@@ -118,6 +189,7 @@ class ScoreResponse(BaseModel):
     method: Method
     adapter: AdapterInfo | None
     items: list[ScoredItem]
+    selection: Selection | None = Field(default=None, description="Only with target_error_rate.")
 
 
 class AdapterSummary(BaseModel):
@@ -249,6 +321,9 @@ class HealthResponse(BaseModel):
 
 
 class ErrorBody(BaseModel):
+    # Some errors add a field (a 409 for target_error_rate says `labels_needed`).
+    model_config = ConfigDict(extra="allow")
+
     type: str
     message: str
     param: str | None = None

@@ -37,6 +37,7 @@ from service.calibration.metrics import as_arrays
 # The candidate thresholds: fixed in advance (0.00, 0.01, …, 1.00), scanned from the top.
 GRID = tuple(round(k / 100, 2) for k in range(100, -1, -1))
 DEFAULT_DELTA = 0.05
+MAX_LABELS = 10**12  # a cap on label counts computed for tiny targets (keeps them integers)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def error_rate_upper_bound(errors: int, n: int, delta: float) -> float:
 def min_answered(target: float, delta: float) -> int:
     """Fewest answered items for which zero errors can pass: (1 - r)^n <= δ."""
     _check(target, delta)
-    return math.ceil(math.log(delta) / math.log1p(-target))
+    return math.ceil(min(math.log(delta) / math.log1p(-target), MAX_LABELS))
 
 
 def scan_start(target: float, delta: float) -> int:

@@ -71,6 +71,8 @@ class CalibrationMonitor:
         self.clock = clock
         # (adapter name, version) -> its drift window; None when it has no usable reference
         self._drift: dict[tuple[str, str], DriftWindow | None] = {}
+        # Called with each newly stored label (the decision thresholds recompute from them).
+        self.label_listeners: list[Callable[[Outcome], None]] = []
 
     # ---------------------------------------------------------------- labels
 
@@ -187,6 +189,8 @@ class CalibrationMonitor:
                 outcome.confidence,
                 outcome.correct,
             )
+            for listener in self.label_listeners:
+                listener(outcome)
         return FeedbackResponse(recorded=len(result.recorded), duplicates=result.duplicates)
 
     # ---------------------------------------------------------------- calibration report

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api.deps import AdmissionDep, DeadlineDep, LabelsDep, MonitorDep, ServiceDep
+from service.api.deps import AdmissionDep, DeadlineDep, LabelsDep, MonitorDep, SelectiveDep, ServiceDep
 from service.api.error_mapping import INFERENCE_ERRORS
 from service.api.protocol import GenerateRequest, GenerateResponse
 
@@ -12,6 +12,8 @@ router = APIRouter()
 @router.post(
     "/generate",
     response_model=GenerateResponse,
+    # Decision fields appear only when asked for: clients that don't ask see what they always did.
+    response_model_exclude_unset=True,
     responses=INFERENCE_ERRORS,
 )
 async def generate(
@@ -21,10 +23,13 @@ async def generate(
     deadline: DeadlineDep,
     monitor: MonitorDep,
     labels: LabelsDep,
+    selective: SelectiveDep,
 ) -> GenerateResponse:
     """Answer with the base model and return the calibrated probability the answer is correct."""
     labels.note(request.method.value, request.adapter)
+    await selective.check(request, service.registry)
     with admission.admit(1):
         response = await deadline.within(service.generate(request))
+    response = await selective.generate(request, response)
     await monitor.served_generate(request, response)
     return response
