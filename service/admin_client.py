@@ -1,4 +1,5 @@
-"""`confidence adapters ...`: the admin API from the command line (list, load, default, unload)."""
+"""`confidence adapters ...`: the admin API from the command line (list, load, default, rollback,
+unload)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     load.add_argument("--default", action="store_true", help="also make it the default")
     default = ops.add_parser("default", help="make NAME[@VERSION] the default")
     default.add_argument("adapter")
+    rollback = ops.add_parser("rollback", help="return the default from NAME to the previous default")
+    rollback.add_argument("name")
     unload = ops.add_parser("unload", help="stop serving NAME@VERSION (in-flight requests finish)")
     unload.add_argument("adapter", help="NAME@VERSION")
     parser.set_defaults(func=run)
@@ -44,6 +47,8 @@ def request(args: argparse.Namespace) -> httpx.Request:
     if args.op == "default":
         body = {"adapter": args.adapter}
         return httpx.Request("PUT", f"{args.url}/admin/adapters/default", json=body, headers=headers)
+    if args.op == "rollback":
+        return httpx.Request("POST", f"{args.url}/admin/adapters/{args.name}/rollback", headers=headers)
     name, sep, version = args.adapter.partition("@")
     if not sep:
         raise SystemExit("confidence adapters unload: give NAME@VERSION")

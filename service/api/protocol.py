@@ -213,6 +213,9 @@ class AdapterList(BaseModel):
     default: str | None = Field(description="name@version that requests naming no adapter get.")
     adapters: list[AdapterSummary]
     rejected: dict[str, str] = Field(default_factory=dict, description="Adapters on disk refused, and why.")
+    previous_default: str | None = Field(
+        default=None, description="name@version a rollback of the default returns to."
+    )
 
 
 class LoadAdapterRequest(_Strict):
