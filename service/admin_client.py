@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Any
 
 import httpx
 
@@ -55,20 +56,36 @@ def request(args: argparse.Namespace) -> httpx.Request:
     return httpx.Request("DELETE", f"{args.url}/admin/adapters/{name}/{version}", headers=headers)
 
 
-def run(args: argparse.Namespace) -> int:
+class AdminError(Exception):
+    """The server could not be reached or refused the operation (the message says which)."""
+
+
+def call(args: argparse.Namespace) -> dict[str, Any]:
+    """Send one admin operation (`args` as the `adapters` parser builds them); the JSON body.
+
+    Raises:
+        AdminError: unreachable, or an error status (with the server's message).
+    """
     try:
         with httpx.Client(timeout=args.timeout) as client:
             response = client.send(request(args))
     except httpx.HTTPError as exc:
-        print(f"confidence adapters: cannot reach {args.url}: {exc}", file=sys.stderr)
-        return 1
+        raise AdminError(f"cannot reach {args.url}: {exc}") from exc
     try:
-        body = response.json()
+        body: dict[str, Any] = response.json()
     except ValueError:
         body = {"error": {"message": response.text}}
     if response.is_error:
         message = body.get("error", {}).get("message", response.text)
-        print(f"confidence adapters {args.op}: HTTP {response.status_code}: {message}", file=sys.stderr)
+        raise AdminError(f"HTTP {response.status_code}: {message}")
+    return body
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        body = call(args)
+    except AdminError as exc:
+        print(f"confidence adapters {args.op}: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(body, indent=2))
     return 0

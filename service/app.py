@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.api import error_mapping, middleware
-from service.api.routes import adapter_admin, feedback, generate, health, monitoring, score
+from service.api.routes import adapter_admin, decisions, feedback, generate, health, monitoring, score
 from service.decisions.selective import selective_for
 from service.engine.base import Engine
 from service.monitoring.monitor import monitor_for
@@ -84,6 +84,6 @@ def build_app(
         adapter_label=app.state.monitor.adapter_label,
     )
     error_mapping.install(app)
-    for module in (generate, score, adapter_admin, health, feedback, monitoring):
+    for module in (generate, score, adapter_admin, health, feedback, monitoring, decisions):
         app.include_router(module.router)
     return app

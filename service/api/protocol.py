@@ -316,6 +316,19 @@ class CalibrationResponse(BaseModel):
     bins: list[ReliabilityBin]
 
 
+class RecalibrationReport(_Strict):
+    """What a `confidence recalibrate` run did (counted in the service's metrics)."""
+
+    adapter: str = Field(min_length=1, max_length=64)
+    outcome: Literal["promoted", "better", "not_better", "too_few_labels"]
+    current_ece: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Held-out ECE of the current version."
+    )
+    candidate_ece: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Held-out ECE of the refit."
+    )
+
+
 class HealthResponse(BaseModel):
     status: str
     model: str | None = None

@@ -104,7 +104,7 @@ class AdapterRegistry:
             log.warning("adapter root %s does not exist: zero-shot confidence only", self.root)
             return
         for name_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            newest = newest_version_dir(name_dir)
+            newest = newest_version_dir(name_dir, trained_only=True)
             if newest is None:
                 continue
             try:
