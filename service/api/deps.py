@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.decisions.selective import SelectiveAnswering
+from service.decisions.shadow import ShadowPolicy
 from service.errors import AdminDisabledError, EngineDeadError, EngineNotReadyError, UnauthorizedError
 from service.lora.ops import AdapterOps
 from service.monitoring.monitor import CalibrationMonitor
@@ -77,6 +78,11 @@ def get_selective(request: Request) -> SelectiveAnswering:
     return selective
 
 
+def get_shadow(request: Request) -> ShadowPolicy:
+    shadow: ShadowPolicy = request.app.state.shadow
+    return shadow
+
+
 def get_deadline(request: Request) -> Deadline:
     deadline: Deadline = request.app.state.deadline
     return deadline
@@ -91,3 +97,4 @@ MonitorDep = Annotated[CalibrationMonitor, Depends(get_monitor)]
 LabelsDep = Annotated[RequestLabels, Depends(get_request_labels)]
 DeadlineDep = Annotated[Deadline, Depends(get_deadline)]
 SelectiveDep = Annotated[SelectiveAnswering, Depends(get_selective)]
+ShadowDep = Annotated[ShadowPolicy, Depends(get_shadow)]

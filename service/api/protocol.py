@@ -300,6 +300,33 @@ class ReliabilityBin(BaseModel):
     accuracy: float | None = None
 
 
+class RiskCoveragePoint(BaseModel):
+    """Answering when confidence >= threshold: how much is answered and how often it is wrong."""
+
+    threshold: float
+    answered: int
+    coverage: float
+    error_rate: float | None
+    risk_upper_bound: float = Field(description="(1 - delta) Clopper-Pearson bound on the error rate.")
+
+
+class MetricDifference(BaseModel):
+    estimate: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+
+class ShadowComparison(BaseModel):
+    """A shadow candidate against what was served, on the same labelled responses."""
+
+    candidate: str = Field(description="name@version of the shadow.")
+    n: int = Field(description="Labelled responses both scored.")
+    served: dict[str, float | None] = Field(description="ECE, Brier, AUROC of the served confidences.")
+    shadow: dict[str, float | None] = Field(description="ECE, Brier, AUROC of the shadow's confidences.")
+    ece_difference: MetricDifference = Field(description="shadow - served, paired bootstrap 95% CI.")
+    brier_difference: MetricDifference
+
+
 class CalibrationResponse(BaseModel):
     adapter: str | None
     method: Method
@@ -314,6 +341,31 @@ class CalibrationResponse(BaseModel):
     auroc: float | None
     note: str | None = Field(default=None, description="Why a metric is null, if one is.")
     bins: list[ReliabilityBin]
+    delta: float | None = Field(default=None, description="Level of the risk upper bounds.")
+    risk_coverage: list[RiskCoveragePoint] = Field(
+        default_factory=list,
+        description="Risk-coverage curve of the labelled confidences, highest threshold first.",
+    )
+    shadow: list[ShadowComparison] = Field(
+        default_factory=list,
+        description="Shadow candidates compared with the served version on the same labels.",
+    )
+
+
+class ShadowRequest(_Strict):
+    adapter: str = Field(description="name@version of a loaded candidate (not the default).")
+    fraction: float = Field(gt=0.0, le=1.0, description="Share of default-adapter requests it also scores.")
+
+
+class ShadowStatus(BaseModel):
+    adapter: str | None = Field(description="The attached candidate, or null.")
+    fraction: float | None
+    default: str | None = Field(description="What it shadows: the default adapter.")
+
+
+class ShadowPromoteRequest(_Strict):
+    min_labels: int = Field(default=200, ge=1, description="Labelled responses both must have scored.")
+    window: str = Field(default="30d", pattern=r"^[0-9]+[smhd]$", description="Feedback received within.")
 
 
 class RecalibrationReport(_Strict):

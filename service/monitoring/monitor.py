@@ -28,13 +28,26 @@ from service.api.protocol import (
     GenerateResponse,
     Method,
     ReliabilityBin,
+    RiskCoveragePoint,
     ScoreRequest,
     ScoreResponse,
 )
 from service.calibration import metrics as calib
+from service.calibration import risk
+from service.decisions.compare import shadow_comparisons
+from service.decisions.shadow import ShadowRead
 from service.engine.base import Engine
 from service.errors import EngineDeadError, FeedbackStoreError, InvalidRequestError
-from service.feedback.store import Label, Outcome, OutcomeStore, ServedItem, ServedResponse, open_store
+from service.feedback.store import (
+    Label,
+    Outcome,
+    OutcomeStore,
+    ServedItem,
+    ServedResponse,
+    ShadowPair,
+    ShadowRecord,
+    open_store,
+)
 from service.lora.manifest import ReferenceHistogram
 from service.lora.registry import LoadedAdapter
 from service.monitoring.drift import DriftWindow
@@ -60,8 +73,10 @@ class CalibrationMonitor:
         drift_window: int,
         retention_days: float,
         clock: Callable[[], float] = time.time,
+        risk_delta: float = risk.DEFAULT_DELTA,
     ) -> None:
         self.store = store
+        self.risk_delta = risk_delta
         self.metrics = metrics
         self.adapters = adapters
         self.default_adapter = default_adapter
@@ -73,6 +88,7 @@ class CalibrationMonitor:
         self._drift: dict[tuple[str, str], DriftWindow | None] = {}
         # Called with each newly stored label (the decision thresholds recompute from them).
         self.label_listeners: list[Callable[[Outcome], None]] = []
+        self._background: set[asyncio.Task[None]] = set()
 
     # ---------------------------------------------------------------- labels
 
@@ -141,6 +157,31 @@ class CalibrationMonitor:
                 "response %s served but not recorded (feedback for it will 404): %s", response_id, exc
             )
 
+    def record_shadow(self, read: ShadowRead) -> None:
+        """Count a shadow read and store its confidences in the background (the answer is
+        already on its way; a store failure is only counted)."""
+        self.metrics.shadow_reads.labels(read.adapter, read.version, "failed" if read.failed else "ok").inc()
+        if read.failed:
+            return
+        record = ShadowRecord(
+            response_id=read.response_id,
+            adapter=read.adapter,
+            adapter_version=read.version,
+            method=read.method,
+            served_at=self.clock(),
+            confidences=read.confidences,
+        )
+        task = asyncio.get_running_loop().create_task(self._store_shadow(record))
+        self._background.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._background.discard)
+
+    async def _store_shadow(self, record: ShadowRecord) -> None:
+        try:
+            await asyncio.to_thread(self.store.record_shadow, record)
+        except FeedbackStoreError as exc:
+            self.metrics.store_errors.labels("shadow").inc()
+            log.warning("shadow confidences of %s not recorded: %s", record.response_id, exc)
+
     def _window(self, adapter: AdapterInfo) -> DriftWindow | None:
         """The drift window of this adapter version (created on its first confidence)."""
         key = (adapter.name, adapter.version)
@@ -207,10 +248,45 @@ class CalibrationMonitor:
                 method=query.method.value,
                 version=query.version,
             )
+            pairs = (
+                await asyncio.to_thread(
+                    self.store.shadow_pairs,
+                    labelled_since=since,
+                    adapter=adapter,
+                    method=query.method.value,
+                    version=query.version,
+                )
+                if adapter is not None
+                else []
+            )
         except FeedbackStoreError:
             self.metrics.store_errors.labels("calibration").inc()
             raise
-        return calibration_report(rows, adapter=adapter, query=query)
+        report = calibration_report(rows, adapter=adapter, query=query)
+        # The bootstraps of the comparison and the curve's bounds take a moment: off the loop.
+        return await asyncio.to_thread(self._decision_views, report, rows, pairs)
+
+    def _decision_views(
+        self, report: CalibrationResponse, rows: list[Outcome], pairs: list[ShadowPair]
+    ) -> CalibrationResponse:
+        """The risk-coverage curve of the labelled rows and the shadow comparisons."""
+        curve = []
+        if rows:
+            p = [r.confidence for r in rows]
+            y = [1.0 if r.correct else 0.0 for r in rows]
+            curve = [
+                RiskCoveragePoint(
+                    threshold=pt.threshold,
+                    answered=pt.answered,
+                    coverage=pt.coverage,
+                    error_rate=pt.error_rate,
+                    risk_upper_bound=pt.risk_upper_bound,
+                )
+                for pt in risk.risk_coverage(p, y, delta=self.risk_delta)
+            ]
+        return report.model_copy(
+            update={"delta": self.risk_delta, "risk_coverage": curve, "shadow": shadow_comparisons(pairs)}
+        )
 
     def _report_adapter(self, query: CalibrationQuery) -> str | None:
         if query.method is Method.zero_shot:
@@ -327,4 +403,5 @@ def monitor_for(settings: Settings, state: ServiceState, admission: Admission) -
         store_prompts=settings.feedback_store_prompts,
         drift_window=settings.drift_window,
         retention_days=settings.feedback_retention_days,
+        risk_delta=settings.selective_delta,
     )

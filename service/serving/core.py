@@ -9,9 +9,10 @@ vLLM together and are batched.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 from service.api.protocol import (
@@ -25,9 +26,12 @@ from service.api.protocol import (
     Usage,
 )
 from service.calibration import query as cq
+from service.decisions.shadow import ShadowPolicy, ShadowRead
 from service.engine.base import Engine, LoRA, SamplingOptions
-from service.errors import InvalidRequestError, PromptTooLongError
-from service.lora.registry import AdapterRegistry
+from service.errors import InvalidRequestError, PromptTooLongError, ServiceError
+from service.lora.registry import AdapterRegistry, LoadedAdapter
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class ConfidenceReader:
     lora: LoRA | None
     temperature: float
     info: AdapterInfo | None
+    shadow: ConfidenceReader | None = None  # a candidate also read, never returned
 
 
 class ConfidenceService:
@@ -57,6 +62,10 @@ class ConfidenceService:
         self.registry = registry
         self.labels = labels
         self.limits = limits
+        # Shadow evaluation (service.decisions.shadow): which candidate shadows a request,
+        # and where its confidences go. Unset: no shadow reads.
+        self.shadow_policy: ShadowPolicy | None = None
+        self.shadow_sink: Callable[[ShadowRead], None] | None = None
 
     @contextmanager
     def reader(self, method: Method, adapter: str | None) -> Iterator[ConfidenceReader]:
@@ -69,9 +78,64 @@ class ConfidenceService:
                 )
             yield ConfidenceReader(method, None, 1.0, None)
             return
-        with self.registry.lease(adapter) as loaded:
+        with self.registry.lease(adapter) as loaded, self._shadow(adapter, loaded) as shadow:
             info = AdapterInfo(name=loaded.name, version=loaded.version)
-            yield ConfidenceReader(method, loaded.lora, loaded.temperature, info)
+            yield ConfidenceReader(method, loaded.lora, loaded.temperature, info, shadow)
+
+    @contextmanager
+    def _shadow(self, requested: str | None, loaded: LoadedAdapter) -> Iterator[ConfidenceReader | None]:
+        """A lease on the shadow candidate for a request that gets the default adapter, when
+        the policy samples it; None otherwise (a candidate unloaded meanwhile is skipped)."""
+        spec = self.shadow_policy.pick() if self.shadow_policy and requested is None else None
+        if spec is None or spec == loaded.spec:
+            yield None
+            return
+        with ExitStack() as stack:
+            try:
+                candidate = stack.enter_context(self.registry.lease(spec))
+            except ServiceError:
+                yield None
+                return
+            info = AdapterInfo(name=candidate.name, version=candidate.version)
+            yield ConfidenceReader(Method.adapter, candidate.lora, candidate.temperature, info)
+
+    async def read_all(
+        self, queries: list[list[int]], reader: ConfidenceReader
+    ) -> tuple[list[float], list[float] | None]:
+        """Every query's confidence, and the shadow's in the same engine batch (None when
+        there is no shadow or its read failed: a shadow never fails the request)."""
+        main = [self.read(ids, reader) for ids in queries]
+        if reader.shadow is None:
+            return list(await asyncio.gather(*main)), None
+        shadow = [self.read(ids, reader.shadow) for ids in queries]
+        results = await asyncio.gather(*main, *shadow, return_exceptions=True)
+        for result in results[: len(queries)]:
+            if isinstance(result, BaseException):
+                raise result
+        scores = [float(r) for r in results[: len(queries)]]  # type: ignore[arg-type]
+        shadowed = results[len(queries) :]
+        failures = [r for r in shadowed if isinstance(r, BaseException)]
+        if failures:
+            log.warning("shadow read by %s failed: %r", reader.shadow.info, failures[0])
+            return scores, None
+        return scores, [float(r) for r in shadowed]  # type: ignore[arg-type]
+
+    def _emit_shadow(
+        self, response_id: str, endpoint: str, reader: ConfidenceReader, scores: list[float] | None
+    ) -> None:
+        if reader.shadow is None or reader.shadow.info is None or self.shadow_sink is None:
+            return
+        self.shadow_sink(
+            ShadowRead(
+                response_id=response_id,
+                endpoint=endpoint,
+                adapter=reader.shadow.info.name,
+                version=reader.shadow.info.version,
+                method=reader.method.value,
+                confidences=tuple(enumerate(scores)) if scores is not None else (),
+                failed=scores is None,
+            )
+        )
 
     def query(self, question: list[cq.Message], answer: str, *, param: str) -> list[int]:
         """Token ids of the confidence query, checked against the context length."""
@@ -127,9 +191,11 @@ class ConfidenceService:
         result = await self.engine.generate(prompt_ids, options, lora=None)
         completion = result.completions[0]
         param = "messages" if request.messages is not None else "prompt"
-        score = await self.read(self.query(chat, completion.text, param=param), reader)
+        (score,), shadow = await self.read_all([self.query(chat, completion.text, param=param)], reader)
+        response_id = f"gen-{uuid.uuid4().hex}"
+        self._emit_shadow(response_id, "generate", reader, shadow)
         return GenerateResponse(
-            id=f"gen-{uuid.uuid4().hex}",
+            id=response_id,
             text=completion.text,
             confidence=score,
             method=reader.method,
@@ -158,9 +224,11 @@ class ConfidenceService:
             self.query([{"role": "user", "content": item.question}], item.answer, param=f"items[{i}]")
             for i, item in enumerate(request.items)
         ]
-        scores = await asyncio.gather(*(self.read(ids, reader) for ids in queries))
+        scores, shadow = await self.read_all(queries, reader)
+        response_id = f"score-{uuid.uuid4().hex}"
+        self._emit_shadow(response_id, "score", reader, shadow)
         return ScoreResponse(
-            id=f"score-{uuid.uuid4().hex}",
+            id=response_id,
             method=reader.method,
             adapter=reader.info,
             items=[ScoredItem(index=i, confidence=s) for i, s in enumerate(scores)],
