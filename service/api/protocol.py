@@ -352,6 +352,45 @@ class CalibrationResponse(BaseModel):
     )
 
 
+class FeedbackQueueQuery(_Strict):
+    adapter: str | None = Field(default=None, description="Adapter name; default: the server's default.")
+    version: str | None = Field(default=None, description="Default: the adapter's current version.")
+    method: Method = Method.adapter
+    window: str = Field(default="7d", pattern=r"^[0-9]+[smhd]$", description="Served within the last …")
+    limit: int = Field(default=50, ge=1, le=500)
+    threshold: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Decision threshold to label around; default: the "
+        "thresholds clients asked for recently, else 0.5.",
+    )
+
+    def window_seconds(self) -> float:
+        return float(int(self.window[:-1]) * WINDOW_UNITS_S[self.window[-1]])
+
+
+class FeedbackQueueItem(BaseModel):
+    id: str
+    index: int
+    endpoint: str
+    confidence: float
+    served_at: float
+    priority: float = Field(description="Higher first: near the threshold + scarce bin + drifted bin.")
+    reasons: list[str]
+    question: list[dict[str, str]] | None = Field(default=None, description="When prompts are stored.")
+    answer: str | None = None
+
+
+class FeedbackQueue(BaseModel):
+    adapter: str | None
+    version: str | None
+    method: Method
+    thresholds: list[float]
+    candidates: int = Field(description="Unlabelled responses considered.")
+    items: list[FeedbackQueueItem]
+
+
 class ShadowRequest(_Strict):
     adapter: str = Field(description="name@version of a loaded candidate (not the default).")
     fraction: float = Field(gt=0.0, le=1.0, description="Share of default-adapter requests it also scores.")

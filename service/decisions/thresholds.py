@@ -89,6 +89,17 @@ class ThresholdBook:
             raise result
         return result
 
+    def thresholds(self, adapter: str | None, version: str | None, method: Method) -> list[float]:
+        """Thresholds currently chosen for this version and method (for any target)."""
+        version_key: VersionKey = (adapter, version, method.value)
+        return sorted(
+            {
+                r.threshold
+                for (k, _), (_, r) in list(self._cache.items())
+                if k == version_key and isinstance(r, Selection)
+            }
+        )
+
     def _compute(
         self, adapter: str | None, version: str | None, method: Method, target: float
     ) -> Selection | NotEnoughLabelsError:

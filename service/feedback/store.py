@@ -384,6 +384,24 @@ class OutcomeStore:
             cursor.execute(self._sql(f"DELETE FROM {TABLE} WHERE served_at < ?"), (served_before,))
             return int(cursor.rowcount)
 
+    def unlabelled(
+        self, *, served_since: float, adapter: str | None, method: str, version: str | None, limit: int
+    ) -> list[Outcome]:
+        """Served items without a label yet, newest first (candidates for labelling)."""
+        where = ["correct IS NULL", "served_at >= ?", "method = ?"]
+        params: list[Any] = [served_since, method]
+        for column, value in (("adapter", adapter), ("adapter_version", version)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        query = (
+            f"SELECT {COLUMNS} FROM {TABLE} WHERE {' AND '.join(where)} "
+            f"ORDER BY served_at DESC, response_id, item_index LIMIT {int(limit)}"
+        )
+        with self._transaction(write=False) as cursor:
+            cursor.execute(self._sql(query), params)
+            return [Outcome.from_row(r) for r in cursor.fetchall()]
+
     def record_shadow(self, record: ShadowRecord) -> None:
         """Store a shadow candidate's confidences for a served response."""
         rows = [

@@ -4,19 +4,24 @@ and the queue of served responses most worth labelling."""
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 
-from service.api.deps import AdminDep, MonitorDep, OpsDep, ShadowDep
+from service.api.deps import AdminDep, MonitorDep, OpsDep, SelectiveDep, ShadowDep
 from service.api.error_mapping import documented
 from service.api.protocol import (
     CalibrationQuery,
+    FeedbackQueue,
+    FeedbackQueueQuery,
+    Method,
     RecalibrationReport,
     ShadowComparison,
     ShadowPromoteRequest,
     ShadowRequest,
     ShadowStatus,
 )
+from service.decisions import queue
 from service.decisions.compare import shadow_comparisons
 from service.decisions.shadow import ShadowConfig, ShadowPolicy
 from service.errors import InvalidRequestError, ShadowConflictError
@@ -113,3 +118,50 @@ async def promote_shadow(
     await ops.set_default(config.spec)
     shadow.config = None
     return comparison
+
+
+DEFAULT_THRESHOLD = 0.5
+
+
+@router.get("/feedback/queue", response_model=FeedbackQueue, responses=documented(400, 401, 403, 404, 503))
+async def feedback_queue(
+    query: Annotated[FeedbackQueueQuery, Query()],
+    monitor: MonitorDep,
+    selective: SelectiveDep,
+    ops: OpsDep,
+    _: AdminDep,
+) -> FeedbackQueue:
+    """Served responses whose labels would most improve calibration, for a labelling team:
+    confidences near the decision thresholds, in bins with few labels, in drifted bins."""
+    name, version, reference = None, None, None
+    if query.method is Method.adapter:
+        pinned = f"{query.adapter}@{query.version}" if query.adapter and query.version else query.adapter
+        adapter = ops.registry.resolve(pinned)
+        name, version = adapter.name, query.version or adapter.version
+        reference = adapter.manifest.reference_histogram
+    since = monitor.clock() - query.window_seconds()
+    unlabelled = await asyncio.to_thread(
+        monitor.store.unlabelled,
+        served_since=since,
+        adapter=name,
+        method=query.method.value,
+        version=version,
+        limit=5000,
+    )
+    labelled = await asyncio.to_thread(
+        monitor.store.outcomes, adapter=name, method=query.method.value, version=version
+    )
+    thresholds = (
+        [query.threshold]
+        if query.threshold is not None
+        else selective.book.thresholds(name, version, query.method) or [DEFAULT_THRESHOLD]
+    )
+    items = queue.rank(unlabelled, labelled, thresholds=thresholds, reference=reference, limit=query.limit)
+    return FeedbackQueue(
+        adapter=name,
+        version=version,
+        method=query.method,
+        thresholds=thresholds,
+        candidates=len(unlabelled),
+        items=items,
+    )
