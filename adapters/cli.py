@@ -29,12 +29,14 @@ def train(argv: list[str]) -> int:
     """train, calibrate and export an uncertainty adapter"""
     from adapters.job import JobConfig, run_job
     from adapters.labelling import resolve_model
-    from adapters.train import TrainConfig
+    from adapters.train_config import QueryTrainingArguments, TrainConfig
 
     if "--model" not in argv:  # default: the embedded model, fetched if needed
         argv = ["--model", resolve_model(None), *argv]
-    train_config, job = _dataclass_args((TrainConfig, JobConfig), argv)
-    print(run_job(train_config, job))  # type: ignore[arg-type]
+    train_config, training_args, job = _dataclass_args((TrainConfig, QueryTrainingArguments, JobConfig), argv)
+    exported = run_job(train_config, training_args, job)  # type: ignore[arg-type]
+    if exported is not None:  # None: a secondary process of a distributed launch
+        print(exported)
     return 0
 
 

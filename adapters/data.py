@@ -135,7 +135,7 @@ def mc_answer_text(choices: Sequence[str], index: int) -> str:
     return f"{LETTERS[index]}. {choices[index]}"
 
 
-def every_choice_records(items: Iterable[QAItem], config: SplitConfig | None = None) -> list[dict[str, Any]]:
+def every_choice_records(items: Iterable[QAItem], config: SplitConfig | None = None) -> list[GradedRecord]:
     """One graded record per choice of each multiple-choice item in the train split.
 
     Every choice's correctness is known from the gold label, so a question yields k
@@ -163,7 +163,7 @@ def every_choice_records(items: Iterable[QAItem], config: SplitConfig | None = N
                 split="train",
                 meta={"choice": i, "gold": item.gold, "every_choice": True},
             )
-            records.append(record.to_dict())
+            records.append(record)
     return records
 
 

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.api import error_mapping, middleware
+from service.api.openai import api_router as openai_api
 from service.api.routes import adapter_admin, decisions, feedback, generate, health, monitoring, score
 from service.decisions.selective import selective_for
 from service.decisions.shadow import ShadowPolicy
@@ -88,6 +89,6 @@ def build_app(
         adapter_label=app.state.monitor.adapter_label,
     )
     error_mapping.install(app)
-    for module in (generate, score, adapter_admin, health, feedback, monitoring, decisions):
+    for module in (generate, score, adapter_admin, health, feedback, monitoring, openai_api, decisions):
         app.include_router(module.router)
     return app

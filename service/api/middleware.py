@@ -72,7 +72,7 @@ class RequestGuard:
         error = PayloadTooLargeError(
             f"request body exceeds this server's limit of {self.max_body_bytes} bytes", param="body"
         )
-        response = error_response(error)
+        response = error_response(error, path=scope.get("path", ""))
         # The unread rest of the body makes the connection unusable for another request.
         response.headers["Connection"] = "close"
         await response(scope, receive, send)

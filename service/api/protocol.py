@@ -9,16 +9,19 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     StrictBool,
     StrictFloat,
     StrictInt,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
 MAX_TEXT_CHARS = 200_000  # a cheap bound checked before tokenizing; the token limit is the real one
 MAX_FEEDBACK_ITEMS = 256
 MAX_ID_CHARS = 128
+MAX_CONTEXT_DOCUMENTS = 32
 
 
 class Method(str, Enum):
@@ -35,9 +38,32 @@ class ChatMessage(_Strict):
     content: str = Field(max_length=MAX_TEXT_CHARS)
 
 
+def _check_chat(messages: list[ChatMessage] | None) -> list[ChatMessage] | None:
+    if messages is not None:
+        if messages[-1].role != "user":
+            raise ValueError("must end with a user turn")
+        if not any(m.content.strip() for m in messages if m.role == "user"):
+            raise ValueError("must contain a non-empty user turn")
+    return messages
+
+
 class Decision(str, Enum):
     answer = "answer"
     abstain = "abstain"
+
+
+class _DecisionsWhenAsked(BaseModel):
+    """A response whose `decision` / `selection` fields appear only when the request asked for
+    a decision, so clients that don't see exactly what they always did (JSON and SSE alike)."""
+
+    # No return annotation on purpose: pydantic then documents the model's own schema.
+    @model_serializer(mode="wrap")
+    def _omit_unasked(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
+        data = handler(self)
+        for key in ("decision", "selection"):
+            if key in data and data[key] is None:
+                del data[key]
+        return data
 
 
 class _Selective(_Strict):
@@ -103,6 +129,11 @@ class GenerateRequest(_Selective):
     seed: StrictInt | None = Field(default=None, ge=0, le=2**63 - 1)
     adapter: str | None = Field(default=None, description="Uncertainty adapter; default = server default.")
     method: Method = Method.adapter
+    stream: bool = Field(
+        default=False,
+        description="Server-sent events: `GenerateDelta`s as the text is generated, then the whole "
+        "`GenerateResponse` (with the confidence), then `data: [DONE]`.",
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -114,12 +145,7 @@ class GenerateRequest(_Selective):
     @field_validator("messages")
     @classmethod
     def _ends_with_user(cls, messages: list[ChatMessage] | None) -> list[ChatMessage] | None:
-        if messages is not None:
-            if messages[-1].role != "user":
-                raise ValueError("must end with a user turn")
-            if not any(m.content.strip() for m in messages if m.role == "user"):
-                raise ValueError("must contain a non-empty user turn")
-        return messages
+        return _check_chat(messages)
 
     @model_validator(mode="after")
     def _one_input(self) -> GenerateRequest:
@@ -144,7 +170,7 @@ class Usage(BaseModel):
     total_tokens: int
 
 
-class GenerateResponse(BaseModel):
+class GenerateResponse(_DecisionsWhenAsked):
     id: str
     text: str
     confidence: float = Field(ge=0.0, le=1.0, description="Calibrated probability the answer is correct.")
@@ -158,16 +184,52 @@ class GenerateResponse(BaseModel):
     selection: Selection | None = Field(default=None, description="Only with target_error_rate.")
 
 
+class GenerateDelta(BaseModel):
+    """A streamed piece of /generate's answer."""
+
+    id: str
+    text: str
+
+
 class ScoreItem(_Strict):
-    question: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    """A proposed answer to a question (one user turn) or to a chat whose last turn is the
+    user's, optionally with the documents it was based on."""
+
+    question: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT_CHARS)
+    messages: list[ChatMessage] | None = Field(
+        default=None, min_length=1, description="Instead of question: a chat ending with the user's turn."
+    )
     answer: str = Field(max_length=MAX_TEXT_CHARS)
+    context: list[Annotated[str, Field(max_length=MAX_TEXT_CHARS)]] | None = Field(
+        default=None,
+        max_length=MAX_CONTEXT_DOCUMENTS,
+        description="Documents the answer was based on (RAG), rendered into the last user turn "
+        "(template documents-v1).",
+    )
 
     @field_validator("question")
     @classmethod
-    def _non_blank(cls, question: str) -> str:
-        if not question.strip():
+    def _non_blank(cls, question: str | None) -> str | None:
+        if question is not None and not question.strip():
             raise ValueError("must not be blank")
         return question
+
+    @field_validator("messages")
+    @classmethod
+    def _ends_with_user(cls, messages: list[ChatMessage] | None) -> list[ChatMessage] | None:
+        return _check_chat(messages)
+
+    @model_validator(mode="after")
+    def _one_question(self) -> ScoreItem:
+        if (self.question is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'question' or 'messages'")
+        return self
+
+    def turns(self) -> list[dict[str, str]]:
+        """The question as a chat, without the context."""
+        if self.messages is not None:
+            return [m.model_dump() for m in self.messages]
+        return [{"role": "user", "content": self.question or ""}]
 
 
 class ScoreRequest(_Selective):
@@ -176,7 +238,7 @@ class ScoreRequest(_Selective):
     method: Method = Method.adapter
 
 
-class ScoredItem(BaseModel):
+class ScoredItem(_DecisionsWhenAsked):
     index: int
     confidence: float = Field(ge=0.0, le=1.0)
     decision: Decision | None = Field(
@@ -184,7 +246,7 @@ class ScoredItem(BaseModel):
     )
 
 
-class ScoreResponse(BaseModel):
+class ScoreResponse(_DecisionsWhenAsked):
     id: str
     method: Method
     adapter: AdapterInfo | None

@@ -12,6 +12,10 @@ JSONL format, one object a line:
 
 `question` is the user message, `answer` the proposed answer (both exactly as the
 confidence query will see them), `correct` a JSON boolean; `source` is optional.
+A multi-turn chat goes in `messages` (`[{"role", "content"}, …]`, ending with the user's
+turn; `question` then repeats that last turn's text), and the documents a RAG answer was
+based on in `context` (a list of strings); both optional, rendered into the confidence
+query by `service.calibration.query.question_chat`.
 Files written by the labelling job use the same format with more keys
 (`id`, `kind`, `split`, `meta`), which the reader also accepts and validates.
 """
@@ -24,6 +28,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
+
+from service.calibration.query import question_chat
 
 Kind = Literal["mc", "open", "numeric"]
 Split = Literal["train", "calibration", "test"]
@@ -114,18 +120,42 @@ class GradedRecord:
     kind: str | None = None
     split: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    messages: list[dict[str, str]] | None = None
+    context: list[str] | None = None
 
     def __post_init__(self) -> None:
         if not self.id:
-            self.id = f"user:{stable_seed(self.question, self.answer):016x}"
+            # The chat and documents count only when present: plain records keep their ids.
+            extra = [json.dumps(x, sort_keys=True) for x in (self.messages, self.context) if x is not None]
+            self.id = f"user:{stable_seed(self.question, self.answer, *extra):016x}"
         if self.split is None:
             self.split = assign_split(self.source or "user", self.id)
 
+    def chat(self) -> list[dict[str, str]]:
+        """The conversation the answer replies to, context rendered in (what the query asks about)."""
+        if self.messages is not None:
+            return question_chat(messages=self.messages, context=self.context)
+        return question_chat(question=self.question, context=self.context)
+
     def to_dict(self) -> dict[str, Any]:
-        """The JSONL object, keys in a reading order (identity, then content, then meta)."""
+        """The JSONL object, keys in a reading order (identity, then content, then meta);
+        `messages` and `context` only when set."""
         fields = asdict(self)
-        order = ("id", "source", "kind", "split", "question", "answer", "correct", "meta")
-        return {key: fields[key] for key in order}
+        order = (
+            "id",
+            "source",
+            "kind",
+            "split",
+            "messages",
+            "context",
+            "question",
+            "answer",
+            "correct",
+            "meta",
+        )
+        return {
+            key: fields[key] for key in order if key not in ("messages", "context") or fields[key] is not None
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False)
@@ -156,6 +186,24 @@ def _validate_record(obj: Any) -> list[str]:
         problems.append(f"'kind' must be one of {KINDS}")
     if obj.get("meta") is not None and not isinstance(obj["meta"], dict):
         problems.append("'meta' must be an object or absent")
+    return problems + _chat_problems(obj)
+
+
+def _chat_problems(obj: dict[str, Any]) -> list[str]:
+    messages, context = obj.get("messages"), obj.get("context")
+    problems = []
+    if messages is not None and not (
+        isinstance(messages, list)
+        and messages
+        and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages
+        )
+        and messages[-1]["role"] == "user"
+    ):
+        problems.append("'messages' must be a list of {role, content} strings ending with a user turn")
+    if context is not None and not (isinstance(context, list) and all(isinstance(d, str) for d in context)):
+        problems.append("'context' must be a list of strings or absent")
     return problems
 
 
@@ -185,7 +233,10 @@ def read_graded_jsonl(path: Path, *, split: Split | None = None) -> list[GradedR
             if problems:
                 errors.extend(f"{path}:{lineno}: {p}" for p in problems)
                 continue
-            known = {k: obj.get(k) for k in ("question", "answer", "correct", *_OPTIONAL_STR)}
+            known = {
+                k: obj.get(k)
+                for k in ("question", "answer", "correct", "messages", "context", *_OPTIONAL_STR)
+            }
             record = GradedRecord(**known, meta=dict(obj.get("meta") or {}))
             if "id" in obj and record.id in seen:
                 first = seen[record.id]

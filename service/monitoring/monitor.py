@@ -38,6 +38,7 @@ from service.decisions.compare import shadow_comparisons
 from service.decisions.shadow import ShadowRead
 from service.engine.base import Engine
 from service.errors import EngineDeadError, FeedbackStoreError, InvalidRequestError
+from service.feedback.export import stored_chat
 from service.feedback.store import (
     Label,
     Outcome,
@@ -115,12 +116,38 @@ class CalibrationMonitor:
             ServedItem(
                 index=scored.index,
                 confidence=scored.confidence,
-                chat=[{"role": "user", "content": asked.question}] if self.store_prompts else None,
+                chat=stored_chat(asked.turns(), asked.context) if self.store_prompts else None,
                 answer=asked.answer if self.store_prompts else None,
             )
             for asked, scored in zip(request.items, response.items, strict=True)
         ]
         await self._served("score", response.id, response.method, response.adapter, items)
+
+    async def served_answers(
+        self,
+        endpoint: str,
+        response_id: str,
+        method: Method,
+        adapter: AdapterInfo | None,
+        question: list[dict[str, str]],
+        answers: list[tuple[int, str, float]],
+    ) -> None:
+        """Record (index, answer, confidence) choices of one response; a stream records each
+        choice as it ends, so its feedback id works as soon as the client sees it."""
+        items = [
+            ServedItem(
+                index=index,
+                confidence=confidence,
+                chat=question if self.store_prompts else None,
+                answer=answer if self.store_prompts else None,
+            )
+            for index, answer, confidence in answers
+        ]
+        await self._served(endpoint, response_id, method, adapter, items)
+
+    def count_tokens(self, prompt_tokens: int, completion_tokens: int) -> None:
+        self.metrics.prompt_tokens.inc(prompt_tokens)
+        self.metrics.generated_tokens.inc(completion_tokens)
 
     async def _served(
         self,

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator, Sequence
+from contextlib import ExitStack, aclosing, contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from service.api.protocol import (
     AdapterInfo,
+    GenerateDelta,
     GenerateRequest,
     GenerateResponse,
     Method,
@@ -27,7 +29,7 @@ from service.api.protocol import (
 )
 from service.calibration import query as cq
 from service.decisions.shadow import ShadowPolicy, ShadowRead
-from service.engine.base import Engine, LoRA, SamplingOptions
+from service.engine.base import Completion, Engine, LoRA, SamplingOptions, TokenLogprob
 from service.errors import InvalidRequestError, PromptTooLongError, ServiceError
 from service.lora.registry import AdapterRegistry, LoadedAdapter
 
@@ -54,6 +56,129 @@ class ConfidenceReader:
     shadow: ConfidenceReader | None = None  # a candidate also read, never returned
 
 
+@dataclass(frozen=True)
+class Prompt:
+    """A tokenized prompt and the question its answers are scored against."""
+
+    ids: list[int]
+    question: list[cq.Message]
+    param: str  # the request field it came from, for errors
+
+
+@dataclass(frozen=True)
+class Answer:
+    completion: Completion
+    confidence: float
+
+
+@dataclass(frozen=True)
+class Answers:
+    prompt_tokens: int
+    choices: list[Answer]
+    shadow: list[float] | None = None  # a shadow candidate's confidences, never returned
+
+
+@dataclass(frozen=True)
+class ChoiceText:
+    """Text one choice generated since its previous event."""
+
+    index: int
+    text: str
+    logprobs: tuple[TokenLogprob, ...] | None
+
+
+@dataclass(frozen=True)
+class ChoiceDone:
+    """A choice's end: the whole answer and its confidence."""
+
+    index: int
+    completion: Completion
+    confidence: float
+
+
+class _AnswerStream:
+    """One streamed request: a task reads the engine stream into a queue and starts each
+    choice's confidence read as that choice ends; `events` drains the queue."""
+
+    def __init__(
+        self, service: ConfidenceService, prompt: Prompt, options: SamplingOptions, reader: ConfidenceReader
+    ) -> None:
+        self.service, self.prompt, self.options, self.reader = service, prompt, options, reader
+        self.queue: asyncio.Queue[ChoiceText | ChoiceDone | BaseException] = asyncio.Queue()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.queue.put_nowait(task.exception())  # type: ignore[arg-type]
+
+    async def _generate(self) -> None:
+        texts = [""] * self.options.n
+        tokens = [0] * self.options.n
+        logprobs: list[list[TokenLogprob]] = [[] for _ in range(self.options.n)]
+        deltas = self.service.engine.generate_stream(self.prompt.ids, self.options, lora=None)
+        async with aclosing(deltas):
+            async for delta in deltas:
+                i = delta.index
+                texts[i] += delta.text
+                tokens[i] += delta.tokens
+                logprobs[i].extend(delta.logprobs or ())
+                if delta.text or delta.logprobs:
+                    self.queue.put_nowait(ChoiceText(i, delta.text, delta.logprobs))
+                if delta.finish_reason is not None:
+                    lps = tuple(logprobs[i]) if self.options.logprobs is not None else None
+                    done = Completion(texts[i], delta.finish_reason, tokens[i], lps)
+                    self._spawn(self._score(i, done))
+
+    async def _score(self, index: int, completion: Completion) -> None:
+        ids = self.service.query(self.prompt.question, completion.text, param=self.prompt.param)
+        self.queue.put_nowait(ChoiceDone(index, completion, await self.service.read(ids, self.reader)))
+
+    async def events(self) -> AsyncGenerator[ChoiceText | ChoiceDone, None]:
+        self._spawn(self._generate())
+        remaining = self.options.n
+        while remaining:
+            event = await self.queue.get()
+            if isinstance(event, BaseException):
+                raise event
+            remaining -= isinstance(event, ChoiceDone)
+            yield event
+
+    async def cancel(self) -> None:
+        """Cancel what still runs (closing vLLM's streams aborts their requests) and wait for it."""
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _generate_id() -> str:
+    return f"gen-{uuid.uuid4().hex}"
+
+
+def _generate_response(
+    response_id: str, prompt_tokens: int, completion: Completion, confidence: float, reader: ConfidenceReader
+) -> GenerateResponse:
+    return GenerateResponse(
+        id=response_id,
+        text=completion.text,
+        confidence=confidence,
+        method=reader.method,
+        adapter=reader.info,
+        usage=Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            total_tokens=prompt_tokens + completion.completion_tokens,
+        ),
+        finish_reason=completion.finish_reason,
+    )
+
+
 class ConfidenceService:
     def __init__(
         self, engine: Engine, registry: AdapterRegistry, labels: cq.LabelTokens, limits: Limits
@@ -68,9 +193,12 @@ class ConfidenceService:
         self.shadow_sink: Callable[[ShadowRead], None] | None = None
 
     @contextmanager
-    def reader(self, method: Method, adapter: str | None) -> Iterator[ConfidenceReader]:
+    def reader(
+        self, method: Method, adapter: str | None, *, shadow: bool = False
+    ) -> Iterator[ConfidenceReader]:
         """Resolve the adapter once, at the start of the request, and hold it to the end:
-        an adapter switch meanwhile does not change this request's version."""
+        an adapter switch meanwhile does not change this request's version. `shadow`: the
+        caller records shadow reads (native /generate and /score), so one may be attached."""
         if method is Method.zero_shot:
             if adapter is not None:
                 raise InvalidRequestError(
@@ -78,15 +206,17 @@ class ConfidenceService:
                 )
             yield ConfidenceReader(method, None, 1.0, None)
             return
-        with self.registry.lease(adapter) as loaded, self._shadow(adapter, loaded) as shadow:
+        with self.registry.lease(adapter) as loaded, self._shadow(adapter, loaded, shadow) as candidate:
             info = AdapterInfo(name=loaded.name, version=loaded.version)
-            yield ConfidenceReader(method, loaded.lora, loaded.temperature, info, shadow)
+            yield ConfidenceReader(method, loaded.lora, loaded.temperature, info, candidate)
 
     @contextmanager
-    def _shadow(self, requested: str | None, loaded: LoadedAdapter) -> Iterator[ConfidenceReader | None]:
+    def _shadow(
+        self, requested: str | None, loaded: LoadedAdapter, wanted: bool
+    ) -> Iterator[ConfidenceReader | None]:
         """A lease on the shadow candidate for a request that gets the default adapter, when
         the policy samples it; None otherwise (a candidate unloaded meanwhile is skipped)."""
-        spec = self.shadow_policy.pick() if self.shadow_policy and requested is None else None
+        spec = self.shadow_policy.pick() if wanted and self.shadow_policy and requested is None else None
         if spec is None or spec == loaded.spec:
             yield None
             return
@@ -154,59 +284,119 @@ class ConfidenceService:
         )
         return cq.confidence(lp_no, lp_yes, temperature=reader.temperature)
 
-    def _max_tokens(self, request: GenerateRequest) -> int:
-        max_tokens = request.max_tokens or self.limits.default_max_tokens
+    def sampling(
+        self,
+        *,
+        max_tokens: int | None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+        n: int = 1,
+        logprobs: int | None = None,
+        max_tokens_param: str = "max_tokens",
+    ) -> SamplingOptions:
+        """Sampling options with the server's default and limit on max_tokens applied."""
+        max_tokens = max_tokens or self.limits.default_max_tokens
         if max_tokens > self.limits.max_tokens_limit:
             raise InvalidRequestError(
-                f"max_tokens {max_tokens} exceeds this server's limit {self.limits.max_tokens_limit}",
-                param="max_tokens",
+                f"{max_tokens_param} {max_tokens} exceeds this server's limit {self.limits.max_tokens_limit}",
+                param=max_tokens_param,
             )
-        return max_tokens
+        return SamplingOptions(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop=tuple(stop),
+            seed=seed,
+            n=n,
+            logprobs=logprobs,
+        )
 
-    async def generate(self, request: GenerateRequest) -> GenerateResponse:
-        with self.reader(request.method, request.adapter) as reader:  # fail fast, before generating
-            return await self._generate(request, reader)
-
-    async def _generate(self, request: GenerateRequest, reader: ConfidenceReader) -> GenerateResponse:
-        max_tokens = self._max_tokens(request)
-        chat = request.chat()
+    def chat_prompt(self, chat: list[cq.Message], *, param: str) -> Prompt:
+        """A chat ending in a user turn, rendered with the model's chat template."""
         tokenizer = self.engine.tokenizer
-        prompt_ids = cq.encode_rendered(tokenizer, cq.render(tokenizer, chat))
-        budget = self.limits.max_model_len - max_tokens - self.limits.query_reserve_tokens
-        if len(prompt_ids) > budget:
+        return Prompt(cq.encode_rendered(tokenizer, cq.render(tokenizer, chat)), chat, param)
+
+    def text_prompt(self, text: str, *, param: str) -> Prompt:
+        """Raw text continued as is (no chat template), as OpenAI's completions API does; its
+        answers are scored as answers to `text` asked as one user turn."""
+        ids = list(self.engine.tokenizer.encode(text, add_special_tokens=True))
+        return Prompt(ids, [{"role": "user", "content": text}], param)
+
+    def check_fits(self, prompt: Prompt, options: SamplingOptions) -> None:
+        budget = self.limits.max_model_len - options.max_tokens - self.limits.query_reserve_tokens
+        if len(prompt.ids) > budget:
             raise PromptTooLongError(
-                f"prompt is {len(prompt_ids)} tokens; with max_tokens={max_tokens} and "
+                f"prompt is {len(prompt.ids)} tokens; with max_tokens={options.max_tokens} and "
                 f"{self.limits.query_reserve_tokens} tokens kept for the confidence query, at most "
                 f"{max(budget, 0)} fit the {self.limits.max_model_len}-token context",
-                param="messages" if request.messages is not None else "prompt",
+                param=prompt.param,
             )
-        options = SamplingOptions(
-            max_tokens=max_tokens,
+
+    async def answer(self, prompt: Prompt, options: SamplingOptions, reader: ConfidenceReader) -> Answers:
+        """Generate `options.n` answers with the base model, then score them all at once
+        (only the confidence query uses the adapter)."""
+        self.check_fits(prompt, options)
+        result = await self.engine.generate(prompt.ids, options, lora=None)
+        queries = [self.query(prompt.question, c.text, param=prompt.param) for c in result.completions]
+        scores, shadow = await self.read_all(queries, reader)
+        choices = [Answer(c, s) for c, s in zip(result.completions, scores, strict=True)]
+        return Answers(result.prompt_tokens, choices, shadow)
+
+    async def answer_stream(
+        self, prompt: Prompt, options: SamplingOptions, reader: ConfidenceReader
+    ) -> AsyncGenerator[ChoiceText | ChoiceDone, None]:
+        """Text as it is generated, then per choice a `ChoiceDone` with its confidence. Each
+        choice's confidence read starts the moment that choice ends, while the others may
+        still be generating. Closing the generator early cancels all of its engine work."""
+        self.check_fits(prompt, options)
+        stream = _AnswerStream(self, prompt, options, reader)
+        try:
+            async for event in stream.events():
+                yield event
+        finally:
+            await stream.cancel()
+
+    async def generate(self, request: GenerateRequest) -> GenerateResponse:
+        with self.reader(request.method, request.adapter, shadow=True) as reader:  # fail fast
+            return await self._generate(request, reader)
+
+    def generate_inputs(self, request: GenerateRequest) -> tuple[Prompt, SamplingOptions]:
+        """The prompt and sampling options of a native /generate request."""
+        param = "messages" if request.messages is not None else "prompt"
+        options = self.sampling(
+            max_tokens=request.max_tokens,
             temperature=request.temperature,
             top_p=request.top_p,
-            stop=tuple(request.stop or ()),
+            stop=request.stop or (),
             seed=request.seed,
         )
-        # The answer comes from the base model; only the confidence query uses the adapter.
-        result = await self.engine.generate(prompt_ids, options, lora=None)
-        completion = result.completions[0]
-        param = "messages" if request.messages is not None else "prompt"
-        (score,), shadow = await self.read_all([self.query(chat, completion.text, param=param)], reader)
-        response_id = f"gen-{uuid.uuid4().hex}"
-        self._emit_shadow(response_id, "generate", reader, shadow)
-        return GenerateResponse(
-            id=response_id,
-            text=completion.text,
-            confidence=score,
-            method=reader.method,
-            adapter=reader.info,
-            usage=Usage(
-                prompt_tokens=result.prompt_tokens,
-                completion_tokens=completion.completion_tokens,
-                total_tokens=result.prompt_tokens + completion.completion_tokens,
-            ),
-            finish_reason=completion.finish_reason,
+        return self.chat_prompt(request.chat(), param=param), options
+
+    async def _generate(self, request: GenerateRequest, reader: ConfidenceReader) -> GenerateResponse:
+        prompt, options = self.generate_inputs(request)
+        answers = await self.answer(prompt, options, reader)
+        choice = answers.choices[0]
+        response_id = _generate_id()
+        self._emit_shadow(response_id, "generate", reader, answers.shadow)
+        return _generate_response(
+            response_id, answers.prompt_tokens, choice.completion, choice.confidence, reader
         )
+
+    async def generate_stream(
+        self, prompt: Prompt, options: SamplingOptions, reader: ConfidenceReader
+    ) -> AsyncGenerator[GenerateDelta | GenerateResponse, None]:
+        """/generate's stream: the answer in pieces as generated, then the whole response."""
+        response_id = _generate_id()
+        async with aclosing(self.answer_stream(prompt, options, reader)) as events:
+            async for event in events:
+                if isinstance(event, ChoiceText):
+                    yield GenerateDelta(id=response_id, text=event.text)
+                else:
+                    yield _generate_response(
+                        response_id, len(prompt.ids), event.completion, event.confidence, reader
+                    )
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
         if len(request.items) > self.limits.max_score_items:
@@ -214,14 +404,18 @@ class ConfidenceService:
                 f"{len(request.items)} items exceed this server's limit of {self.limits.max_score_items}",
                 param="items",
             )
-        with self.reader(request.method, request.adapter) as reader:
+        with self.reader(request.method, request.adapter, shadow=True) as reader:
             return await self._score(request, reader)
 
     async def _score(self, request: ScoreRequest, reader: ConfidenceReader) -> ScoreResponse:
         # Tokenize and length-check every item before submitting any: a bad item fails
         # the request before any engine work starts.
         queries = [
-            self.query([{"role": "user", "content": item.question}], item.answer, param=f"items[{i}]")
+            self.query(
+                cq.question_chat(messages=item.turns(), context=item.context),
+                item.answer,
+                param=f"items[{i}]",
+            )
             for i, item in enumerate(request.items)
         ]
         scores, shadow = await self.read_all(queries, reader)

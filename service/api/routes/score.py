@@ -12,8 +12,6 @@ router = APIRouter()
 @router.post(
     "/score",
     response_model=ScoreResponse,
-    # Decision fields appear only when asked for: clients that don't ask see what they always did.
-    response_model_exclude_unset=True,
     responses=INFERENCE_ERRORS,
 )
 async def score(
