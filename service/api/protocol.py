@@ -52,7 +52,7 @@ class Decision(str, Enum):
     abstain = "abstain"
 
 
-class _DecisionsWhenAsked(BaseModel):
+class DecisionsWhenAsked(BaseModel):
     """A response whose `decision` / `selection` fields appear only when the request asked for
     a decision, so clients that don't see exactly what they always did (JSON and SSE alike)."""
 
@@ -66,7 +66,7 @@ class _DecisionsWhenAsked(BaseModel):
         return data
 
 
-class _Selective(_Strict):
+class Selective(BaseModel):
     """Optional selective answering: without these fields nothing in the response changes."""
 
     abstain_below: StrictFloat | None = Field(
@@ -86,7 +86,7 @@ class _Selective(_Strict):
     )
 
     @model_validator(mode="after")
-    def _one_rule(self) -> _Selective:
+    def _one_rule(self) -> Selective:
         if self.abstain_below is not None and self.target_error_rate is not None:
             raise ValueError("give at most one of 'abstain_below' or 'target_error_rate'")
         return self
@@ -115,7 +115,7 @@ class Selection(BaseModel):
     )
 
 
-class GenerateRequest(_Selective):
+class GenerateRequest(_Strict, Selective):
     prompt: str | None = Field(default=None, max_length=MAX_TEXT_CHARS, description="A single user turn.")
     messages: list[ChatMessage] | None = Field(
         default=None, min_length=1, description="A chat; must end with a user turn."
@@ -170,7 +170,7 @@ class Usage(BaseModel):
     total_tokens: int
 
 
-class GenerateResponse(_DecisionsWhenAsked):
+class GenerateResponse(DecisionsWhenAsked):
     id: str
     text: str
     confidence: float = Field(ge=0.0, le=1.0, description="Calibrated probability the answer is correct.")
@@ -232,13 +232,13 @@ class ScoreItem(_Strict):
         return [{"role": "user", "content": self.question or ""}]
 
 
-class ScoreRequest(_Selective):
+class ScoreRequest(_Strict, Selective):
     items: list[ScoreItem] = Field(min_length=1)
     adapter: str | None = None
     method: Method = Method.adapter
 
 
-class ScoredItem(_DecisionsWhenAsked):
+class ScoredItem(DecisionsWhenAsked):
     index: int
     confidence: float = Field(ge=0.0, le=1.0)
     decision: Decision | None = Field(
@@ -246,7 +246,7 @@ class ScoredItem(_DecisionsWhenAsked):
     )
 
 
-class ScoreResponse(_DecisionsWhenAsked):
+class ScoreResponse(DecisionsWhenAsked):
     id: str
     method: Method
     adapter: AdapterInfo | None

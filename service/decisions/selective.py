@@ -12,6 +12,7 @@ from service.api.protocol import (
     ScoreRequest,
     ScoreResponse,
     Selection,
+    Selective,
 )
 from service.decisions.thresholds import ThresholdBook
 from service.lora.registry import AdapterRegistry
@@ -25,21 +26,24 @@ class SelectiveAnswering:
         self.book = book
         self.metrics = metrics
 
-    async def check(self, request: GenerateRequest | ScoreRequest, registry: AdapterRegistry) -> None:
+    async def check(
+        self, request: Selective, registry: AdapterRegistry, *, method: Method, adapter: str | None
+    ) -> None:
         """Refuse a target that cannot be met (409) before any engine work. The threshold is
-        cached, so `decide` after the answer reads it again for free (and for the version the
-        answer actually used, should the default switch meanwhile)."""
+        cached, so the decision after the answer reads it again for free (and for the version
+        the answer actually used, should the default switch meanwhile)."""
         if request.target_error_rate is None:
             return
-        if request.method is Method.zero_shot:
-            await self.book.selection(None, None, request.method, request.target_error_rate)
+        if method is Method.zero_shot:
+            await self.book.selection(None, None, method, request.target_error_rate)
             return
-        adapter = registry.resolve(request.adapter)  # the core raises the same errors
-        await self.book.selection(adapter.name, adapter.version, request.method, request.target_error_rate)
+        loaded = registry.resolve(adapter)  # the core raises the same errors
+        await self.book.selection(loaded.name, loaded.version, method, request.target_error_rate)
 
-    async def _selection(
-        self, request: GenerateRequest | ScoreRequest, adapter: AdapterInfo | None, method: Method
+    async def selection(
+        self, request: Selective, adapter: AdapterInfo | None, method: Method
     ) -> Selection | None:
+        """The threshold a request asked for (None: it asked for no decision)."""
         if request.abstain_below is not None:
             return Selection(threshold=request.abstain_below, source="request")
         if request.target_error_rate is not None:
@@ -47,7 +51,7 @@ class SelectiveAnswering:
             return await self.book.selection(name, version, method, request.target_error_rate)
         return None
 
-    def _decide(
+    def decide(
         self, confidence: float, selection: Selection, adapter: AdapterInfo | None, method: Method
     ) -> Decision:
         decision = Decision.answer if confidence >= selection.threshold else Decision.abstain
@@ -56,23 +60,23 @@ class SelectiveAnswering:
         return decision
 
     async def generate(self, request: GenerateRequest, response: GenerateResponse) -> GenerateResponse:
-        selection = await self._selection(request, response.adapter, response.method)
+        selection = await self.selection(request, response.adapter, response.method)
         if selection is None:
             return response
-        decision = self._decide(response.confidence, selection, response.adapter, response.method)
+        decision = self.decide(response.confidence, selection, response.adapter, response.method)
         update: dict[str, object] = {"decision": decision}
         if selection.source != "request":
             update["selection"] = selection
         return response.model_copy(update=update)
 
     async def score(self, request: ScoreRequest, response: ScoreResponse) -> ScoreResponse:
-        selection = await self._selection(request, response.adapter, response.method)
+        selection = await self.selection(request, response.adapter, response.method)
         if selection is None:
             return response
         items = [
             item.model_copy(
                 update={
-                    "decision": self._decide(item.confidence, selection, response.adapter, response.method)
+                    "decision": self.decide(item.confidence, selection, response.adapter, response.method)
                 }
             )
             for item in response.items

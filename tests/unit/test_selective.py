@@ -151,3 +151,32 @@ def test_decisions_are_counted_per_version_and_method(client):
         metrics.get_sample_value("confidence_decisions_total", {**labels, "decision": "answer"})
         == 8 - abstained
     )
+
+
+def test_openai_choices_carry_decisions_only_when_asked(client):
+    chat = {
+        "model": "fake-model",
+        "messages": [{"role": "user", "content": "2+2?"}],
+        "n": 4,
+        "temperature": 1.0,
+    }
+    plain = client.post("/v1/chat/completions", json=chat).json()
+    assert all(set(c["confidence"]) == {"value", "method", "adapter", "feedback"} for c in plain["choices"])
+    decided = client.post("/v1/chat/completions", json={**chat, "abstain_below": 0.5}).json()
+    for choice in decided["choices"]:
+        confidence = choice["confidence"]
+        assert confidence["decision"] == ("answer" if confidence["value"] >= 0.5 else "abstain")
+    text = client.post(
+        "/v1/completions", json={"model": "fake-model", "prompt": "2+2=", "abstain_below": 1.0}
+    ).json()
+    assert text["choices"][0]["confidence"]["decision"] == "abstain"
+    streamed = client.post("/v1/chat/completions", json={**chat, "stream": True, "abstain_below": 0.5})
+    assert streamed.status_code == 400
+    assert streamed.json()["error"]["param"] == "abstain_below"
+
+
+def test_openai_target_without_labels_is_a_409(selective_client):
+    body = {"model": "fake-model", "prompt": "2+2=", "target_error_rate": TARGET}
+    response = selective_client.post("/v1/completions", json=body)
+    assert response.status_code == 409
+    assert "labels" in response.json()["error"]["message"]

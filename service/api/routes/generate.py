@@ -35,7 +35,7 @@ async def generate(
     """Answer with the base model and return the calibrated probability the answer is correct
     (with `stream: true`, as server-sent events)."""
     labels.note(request.method.value, request.adapter)
-    await selective.check(request, service.registry)
+    await selective.check(request, service.registry, method=request.method, adapter=request.adapter)
     if request.stream:
         with held_until_streamed() as resources:
             resources.enter_context(admission.admit(1))

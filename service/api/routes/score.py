@@ -25,7 +25,7 @@ async def score(
 ) -> ScoreResponse:
     """Confidence that each (question, answer) pair — from any model — is correct."""
     labels.note(request.method.value, request.adapter)
-    await selective.check(request, service.registry)
+    await selective.check(request, service.registry, method=request.method, adapter=request.adapter)
     with admission.admit(len(request.items)):
         response = await deadline.within(service.score(request))
     response = await selective.score(request, response)
