@@ -296,6 +296,25 @@ def promote(result: Recalibration, *, url: str, token: str | None, timeout: floa
     return call(args)
 
 
+def attach_shadow(
+    result: Recalibration, *, fraction: float, url: str, token: str | None, timeout: float
+) -> dict[str, Any]:
+    """Load the candidate (not as default) and attach it as the default's shadow, so that
+    `confidence adapters promote-shadow` can promote it on evidence from live traffic.
+
+    Raises:
+        service.admin_client.AdminError: the server refused or could not be reached.
+    """
+    from service.admin_client import call
+
+    assert result.candidate is not None
+    name, version = parse_spec(result.candidate)
+    common = {"url": url, "token": token, "timeout": timeout}
+    call(argparse.Namespace(op="load", name=name, version=version, default=False, **common))
+    shadow = argparse.Namespace(op="shadow", adapter=result.candidate, fraction=fraction, off=False, **common)
+    return call(shadow)
+
+
 def report_outcome(result: Recalibration, outcome: str, *, url: str, token: str | None) -> None:
     """Tell the server (metrics: confidence_recalibrations_total); best effort."""
     import httpx
@@ -328,6 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--adapter-root", type=Path, help="default: $CONFIDENCE_ADAPTER_ROOT or the shipped root"
     )
     parser.add_argument("--promote", action="store_true", help="load and make default if better (admin API)")
+    parser.add_argument(
+        "--shadow",
+        type=float,
+        metavar="FRACTION",
+        help="if better, load it as the default's shadow scoring this share of requests (promote later "
+        "on shadow evidence: confidence adapters promote-shadow)",
+    )
     parser.add_argument("--url", default=os.environ.get("CONFIDENCE_URL", DEFAULT_URL), help="server URL")
     parser.add_argument(
         "--token", default=os.environ.get("CONFIDENCE_ADMIN_TOKEN"), help="admin bearer token"
@@ -374,7 +400,17 @@ def main(argv: list[str]) -> int:
             )
             return 1
         outcome = "promoted"
-    if args.report or args.promote:
+    elif args.shadow is not None and result.better:
+        try:
+            attach_shadow(result, fraction=args.shadow, url=args.url, token=args.token, timeout=args.timeout)
+        except AdminError as exc:
+            print(
+                f"confidence recalibrate: attaching {result.candidate} as shadow failed: {exc}",
+                file=sys.stderr,
+            )
+            return 1
+        outcome = "better"
+    if args.report or args.promote or args.shadow is not None:
         report_outcome(result, outcome, url=args.url, token=args.token)
     summary = {
         "current": result.current,

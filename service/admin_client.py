@@ -1,5 +1,5 @@
 """`confidence adapters ...`: the admin API from the command line (list, load, default, rollback,
-unload)."""
+shadow, promote-shadow, unload)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     default.add_argument("adapter")
     rollback = ops.add_parser("rollback", help="return the default from NAME to the previous default")
     rollback.add_argument("name")
+    shadow = ops.add_parser("shadow", help="attach loaded NAME@VERSION as the default's shadow (or --off)")
+    shadow.add_argument("adapter", nargs="?", help="NAME@VERSION")
+    shadow.add_argument("--fraction", type=float, default=0.1, help="share of default requests it scores")
+    shadow.add_argument("--off", action="store_true", help="detach the shadow")
+    promote = ops.add_parser(
+        "promote-shadow", help="make the shadow the default only if its shadow evidence says better"
+    )
+    promote.add_argument("--min-labels", type=int, default=200, help="labelled responses both scored")
+    promote.add_argument("--window", default="30d", help="feedback received within")
     unload = ops.add_parser("unload", help="stop serving NAME@VERSION (in-flight requests finish)")
     unload.add_argument("adapter", help="NAME@VERSION")
     parser.set_defaults(func=run)
@@ -48,6 +57,16 @@ def request(args: argparse.Namespace) -> httpx.Request:
     if args.op == "default":
         body = {"adapter": args.adapter}
         return httpx.Request("PUT", f"{args.url}/admin/adapters/default", json=body, headers=headers)
+    if args.op == "shadow":
+        if args.off:
+            return httpx.Request("DELETE", f"{args.url}/admin/shadow", headers=headers)
+        if not args.adapter:
+            raise SystemExit("confidence adapters shadow: give NAME@VERSION (or --off)")
+        body = {"adapter": args.adapter, "fraction": args.fraction}
+        return httpx.Request("PUT", f"{args.url}/admin/shadow", json=body, headers=headers)
+    if args.op == "promote-shadow":
+        body = {"min_labels": args.min_labels, "window": args.window}
+        return httpx.Request("POST", f"{args.url}/admin/shadow/promote", json=body, headers=headers)
     if args.op == "rollback":
         return httpx.Request("POST", f"{args.url}/admin/adapters/{args.name}/rollback", headers=headers)
     name, sep, version = args.adapter.partition("@")

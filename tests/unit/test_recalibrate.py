@@ -210,3 +210,22 @@ def test_window_parsing():
     assert rc.parse_window("30d") == 30 * 86400
     with pytest.raises(rc.RecalibrationError):
         rc.parse_window("0d")
+
+
+def test_a_better_refit_can_go_to_shadow_instead_of_default(served, capsys):
+    url, _, _ = served
+    stream(url, 100, true_t=TRUE_T)
+    assert rc.main(["--adapter", "default-unc@v1", "--window", "1d", "--shadow", "0.5", "--url", url]) == 0
+    assert json.loads(capsys.readouterr().out)["outcome"] == "better"
+    assert default_of(url) == "default-unc@v1"  # nothing promoted
+    shadow = httpx.get(f"{url}/admin/shadow", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert shadow == {"adapter": "default-unc@v1-recal1", "fraction": 0.5, "default": "default-unc@v1"}
+
+    from service.cli import main as cli
+
+    # No shadow evidence yet: promotion is refused and the default stays.
+    assert cli(["adapters", "--url", url, "promote-shadow", "--min-labels", "50"]) == 1
+    assert "0 labelled responses" in capsys.readouterr().err
+    assert default_of(url) == "default-unc@v1"
+    assert cli(["adapters", "--url", url, "shadow", "--off"]) == 0
+    assert json.loads(capsys.readouterr().out)["adapter"] is None
