@@ -56,6 +56,10 @@ class RecalibrationError(Exception):
     """The refit cannot run as asked (too few labels, a bad window, an unknown version)."""
 
 
+class TooFewLabelsError(RecalibrationError):
+    """Not enough labelled outcomes in the window (reported as outcome too_few_labels)."""
+
+
 @dataclass(frozen=True)
 class Recalibration:
     """What `recalibrate` did: the new version (if written) and the held-out comparison."""
@@ -214,7 +218,7 @@ def recalibrate(
     since = now - window_s
     outcomes = store.outcomes(labelled_since=since, adapter=name, version=version, method="adapter")
     if len(outcomes) < min_labels:
-        raise RecalibrationError(
+        raise TooFewLabelsError(
             f"{spec} has {len(outcomes)} labelled outcomes in the window; at least {min_labels} are needed"
         )
     held = np.array([holdout_side(o, holdout) for o in outcomes])
@@ -315,13 +319,15 @@ def attach_shadow(
     return call(shadow)
 
 
-def report_outcome(result: Recalibration, outcome: str, *, url: str, token: str | None) -> None:
+def report_outcome(
+    adapter: str, outcome: str, report: dict[str, Any], *, url: str, token: str | None
+) -> None:
     """Tell the server (metrics: confidence_recalibrations_total); best effort."""
     import httpx
 
-    comparison = result.report.get("heldout_comparison", {})
+    comparison = report.get("heldout_comparison", {})
     body = {
-        "adapter": result.adapter,
+        "adapter": adapter,
         "outcome": outcome,
         "current_ece": (comparison.get("current") or {}).get("ece", {}).get("value"),
         "candidate_ece": (comparison.get("candidate") or {}).get("ece", {}).get("value"),
@@ -385,6 +391,8 @@ def main(argv: list[str]) -> int:
             n_boot=args.n_boot,
         )
     except (RecalibrationError, FeedbackStoreError) as exc:
+        if isinstance(exc, TooFewLabelsError) and args.report:
+            report_outcome(parse_spec(args.adapter)[0], "too_few_labels", {}, url=args.url, token=args.token)
         print(f"confidence recalibrate: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -411,7 +419,7 @@ def main(argv: list[str]) -> int:
             return 1
         outcome = "better"
     if args.report or args.promote or args.shadow is not None:
-        report_outcome(result, outcome, url=args.url, token=args.token)
+        report_outcome(result.adapter, outcome, result.report, url=args.url, token=args.token)
     summary = {
         "current": result.current,
         "candidate": result.candidate,

@@ -14,6 +14,7 @@ import logging
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -32,7 +33,7 @@ CACHE_SIZE = 256  # targets are client-chosen floats: bound what they can make u
 class Labelled:
     """Confidences and outcomes one threshold rests on, and where they came from."""
 
-    source: str  # "outcome_store" | "calibration_split"
+    source: Literal["outcome_store", "calibration_split"]
     p: np.ndarray
     y: np.ndarray
     why: str  # for a refusal: what was (not) available
@@ -127,7 +128,7 @@ class ThresholdBook:
             )
         return Selection(
             threshold=choice.threshold,
-            source=labelled.source,  # type: ignore[arg-type]  # one of the literal's values
+            source=labelled.source,
             target_error_rate=target,
             delta=self.delta,
             expected_coverage=choice.coverage,

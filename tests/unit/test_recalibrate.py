@@ -167,9 +167,11 @@ def test_no_promotion_when_the_refit_is_not_better(served, capsys):
 def test_too_few_labels_is_refused_with_the_count(served, capsys):
     url, _, settings = served
     stream(url, 2, true_t=TRUE_T)
-    assert rc.main(["--adapter", "default-unc@v1", "--url", url]) == 1
+    assert rc.main(["--adapter", "default-unc@v1", "--url", url, "--report"]) == 1
     assert "has 16 labelled outcomes in the window; at least 100 are needed" in capsys.readouterr().err
     assert not (settings.adapter_root / "default-unc" / "v1-recal1").exists()
+    metrics = httpx.get(f"{url}/metrics").text
+    assert 'confidence_recalibrations_total{adapter="default-unc",outcome="too_few_labels"} 1.0' in metrics
 
 
 def test_a_restart_does_not_serve_a_candidate_that_was_never_promoted(settings, adapter_root, engine):
