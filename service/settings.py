@@ -124,6 +124,13 @@ class Settings(BaseSettings):
         "calibration split recorded with it.",
     )
 
+    selective_cache_ttl_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="target_error_rate: thresholds are recomputed at least this often (labels sent to "
+        "other replicas), and at once when a label arrives here.",
+    )
+
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
         if self.default_max_tokens > self.max_tokens_limit:

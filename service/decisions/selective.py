@@ -95,6 +95,7 @@ def selective_for(settings: Settings, monitor: CalibrationMonitor) -> SelectiveA
         monitor.adapters,
         delta=settings.selective_delta,
         min_live_labels=settings.selective_min_live_labels,
+        ttl_s=settings.selective_cache_ttl_s,
     )
     monitor.label_listeners.append(book.labels_arrived)
     return SelectiveAnswering(book, monitor.metrics)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -42,6 +43,13 @@ class Labelled:
 VersionKey = tuple[str | None, str | None, str]  # adapter, version, method
 
 
+@dataclass(frozen=True)
+class _Cached:
+    generation: int  # of the version's labels when computed
+    expires_at: float
+    result: Selection | NotEnoughLabelsError
+
+
 class ThresholdBook:
     def __init__(
         self,
@@ -50,15 +58,19 @@ class ThresholdBook:
         *,
         delta: float,
         min_live_labels: int,
+        ttl_s: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.adapters = adapters
         self.delta = delta
         self.min_live_labels = min_live_labels
+        # Labels sent to another replica do not pass through this one: recompute after ttl_s
+        # even when none arrived here.
+        self.ttl_s = ttl_s
+        self.clock = clock
         self._generation: defaultdict[VersionKey, int] = defaultdict(int)
-        self._cache: OrderedDict[tuple[VersionKey, float], tuple[int, Selection | NotEnoughLabelsError]] = (
-            OrderedDict()
-        )
+        self._cache: OrderedDict[tuple[VersionKey, float], _Cached] = OrderedDict()
         self._locks: defaultdict[VersionKey, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def labels_arrived(self, outcome: Outcome) -> None:
@@ -79,13 +91,13 @@ class ThresholdBook:
         async with self._locks[version_key]:  # one recomputation per version, not one per request
             generation = self._generation[version_key]
             cached = self._cache.get(key)
-            if cached is None or cached[0] != generation:
+            if cached is None or cached.generation != generation or self.clock() >= cached.expires_at:
                 result = await asyncio.to_thread(self._compute, adapter, version, method, target)
-                cached = self._cache[key] = (generation, result)
+                cached = self._cache[key] = _Cached(generation, self.clock() + self.ttl_s, result)
                 while len(self._cache) > CACHE_SIZE:
                     self._cache.popitem(last=False)
             self._cache.move_to_end(key)
-        result = cached[1]
+        result = cached.result
         if isinstance(result, NotEnoughLabelsError):
             raise result
         return result
@@ -95,9 +107,9 @@ class ThresholdBook:
         version_key: VersionKey = (adapter, version, method.value)
         return sorted(
             {
-                r.threshold
-                for (k, _), (_, r) in list(self._cache.items())
-                if k == version_key and isinstance(r, Selection)
+                entry.result.threshold
+                for (k, _), entry in list(self._cache.items())
+                if k == version_key and isinstance(entry.result, Selection)
             }
         )
 

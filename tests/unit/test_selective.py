@@ -180,3 +180,28 @@ def test_openai_target_without_labels_is_a_409(selective_client):
     response = selective_client.post("/v1/completions", json=body)
     assert response.status_code == 409
     assert "labels" in response.json()["error"]["message"]
+
+
+async def test_thresholds_follow_labels_stored_by_other_replicas_after_the_ttl(tmp_path):
+    """Labels written by another replica never reach this one's listener: the cached
+    refusal stands until the TTL, then the threshold is recomputed from the store."""
+    from service.api.protocol import Method
+    from service.decisions.thresholds import ThresholdBook
+    from service.errors import NotEnoughLabelsError
+    from service.feedback.store import Label, OutcomeStore, ServedItem, ServedResponse, sqlite_dialect
+
+    store = OutcomeStore(sqlite_dialect(tmp_path / "shared.sqlite3"))
+    now = [0.0]
+    book = ThresholdBook(store, list, delta=DELTA, min_live_labels=1, ttl_s=60.0, clock=lambda: now[0])
+    with pytest.raises(NotEnoughLabelsError):
+        await book.selection("a", "v1", Method.adapter, TARGET)
+    items = tuple(ServedItem(index=i, confidence=0.95) for i in range(200))
+    store.record(ServedResponse("other-replica", "score", "adapter", "a", "v1", 0.0, items))
+    store.add_feedback([Label("other-replica", i, True) for i in range(200)], now=1.0)
+    now[0] = 59.0
+    with pytest.raises(NotEnoughLabelsError):  # still the cached refusal
+        await book.selection("a", "v1", Method.adapter, TARGET)
+    now[0] = 61.0
+    selection = await book.selection("a", "v1", Method.adapter, TARGET)
+    assert selection.n_labels == 200 and selection.source == "outcome_store"
+    store.close()
