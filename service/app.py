@@ -61,7 +61,7 @@ def build_app(
         finally:
             task.cancel()
             retention.cancel()
-            app.state.monitor.store.close()
+            app.state.monitor.close()
             if app.state.service_state.engine is not None:
                 app.state.service_state.engine.shutdown()
             if app.state.service_state.service is not None:
@@ -82,7 +82,7 @@ def build_app(
     app.state.shadow = ShadowPolicy()
     # Added first, so it runs inside the metrics middleware: its 413s and the 499 it reports
     # for departed clients are counted like any other response.
-    middleware.install(app, max_body_bytes=settings.max_body_bytes)
+    middleware.install(app, max_body_bytes=settings.body_limit())
     app.add_middleware(
         RequestMetricsMiddleware,
         metrics=app.state.monitor.metrics,

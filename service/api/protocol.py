@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 MAX_TEXT_CHARS = 200_000  # a cheap bound checked before tokenizing; the token limit is the real one
+MAX_MESSAGES = 128  # turns of one chat (the model's context bounds the text, this the list)
 MAX_FEEDBACK_ITEMS = 256
 MAX_ID_CHARS = 128
 MAX_CONTEXT_DOCUMENTS = 32
@@ -118,7 +119,7 @@ class Selection(BaseModel):
 class GenerateRequest(_Strict, Selective):
     prompt: str | None = Field(default=None, max_length=MAX_TEXT_CHARS, description="A single user turn.")
     messages: list[ChatMessage] | None = Field(
-        default=None, min_length=1, description="A chat; must end with a user turn."
+        default=None, min_length=1, max_length=MAX_MESSAGES, description="A chat; must end with a user turn."
     )
     # Strict: a quoted number is refused as the schema says, not silently converted.
     max_tokens: StrictInt | None = Field(default=None, ge=1, description="Defaults to the server's default.")
@@ -292,10 +293,12 @@ class SetDefaultRequest(_Strict):
 
 class FeedbackItem(_Strict):
     id: str = Field(
-        min_length=1, max_length=MAX_ID_CHARS, description="`id` of a /generate or /score response."
+        min_length=1, max_length=MAX_ID_CHARS, description="`id` of a /generate, /score or /v1 response."
     )
     index: int | None = Field(
-        default=None, ge=0, description="Item of a /score response; omit for /generate."
+        default=None,
+        ge=0,
+        description="Item of a /score response or choice of a /v1 one; omit for /generate.",
     )
     correct: StrictBool = Field(description="Whether the answer was correct.")
 
@@ -305,7 +308,9 @@ class FeedbackRequest(_Strict):
 
     id: str | None = Field(default=None, min_length=1, max_length=MAX_ID_CHARS)
     index: int | None = Field(
-        default=None, ge=0, description="Item of a /score response; omit for /generate."
+        default=None,
+        ge=0,
+        description="Item of a /score response or choice of a /v1 one; omit for /generate.",
     )
     correct: StrictBool | None = None
     items: list[FeedbackItem] | None = Field(default=None, min_length=1, max_length=MAX_FEEDBACK_ITEMS)

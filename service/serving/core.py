@@ -3,7 +3,10 @@
 Routes call `ConfidenceService`; it owns prompt rendering, length limits, adapter
 resolution and the confidence math call. Every request awaits the engine directly
 (no lock, no worker), so concurrent requests — and all items of one /score — reach
-vLLM together and are batched.
+vLLM together and are batched. Rendering and tokenizing are CPU work that grows with the
+input, so they run on a small thread pool, never on the event loop (which must keep
+answering /health), and only after a character limit derived from the model's context
+has refused text that could never fit.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, aclosing, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from service.api.protocol import (
     AdapterInfo,
@@ -29,11 +33,26 @@ from service.api.protocol import (
 )
 from service.calibration import query as cq
 from service.decisions.shadow import ShadowPolicy, ShadowRead
-from service.engine.base import Completion, Engine, LoRA, SamplingOptions, TokenLogprob
+from service.engine.base import Completion, Engine, LoRA, SamplingOptions, StreamDelta, TokenLogprob
 from service.errors import InvalidRequestError, PromptTooLongError, ServiceError
 from service.lora.registry import AdapterRegistry, LoadedAdapter
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# When a tokenizer does not list its vocabulary: a generous bound on characters per token.
+DEFAULT_CHARS_PER_TOKEN = 32
+
+
+def chars_per_token_bound(tokenizer: Any) -> int:
+    """The longest token's length in characters: no text longer than `tokens × this` fits in
+    `tokens` tokens, so a character count can refuse hopeless input before tokenizing it.
+    (Byte-level vocabularies spell each byte as one character, so a token's string is never
+    shorter than the text it stands for.)"""
+    get_vocab = getattr(tokenizer, "get_vocab", None)
+    if get_vocab is None:
+        return DEFAULT_CHARS_PER_TOKEN
+    return max(1, max((len(token) for token in get_vocab()), default=DEFAULT_CHARS_PER_TOKEN))
 
 
 @dataclass(frozen=True)
@@ -43,6 +62,12 @@ class Limits:
     max_tokens_limit: int
     max_score_items: int
     query_reserve_tokens: int
+    # Characters across one confidence query's text (all messages + answer, or one /score
+    # item); set at start-up from the tokenizer (`chars_per_token_bound`).
+    max_input_chars: int | None = None
+
+    def input_chars_limit(self) -> int:
+        return self.max_input_chars or self.max_model_len * DEFAULT_CHARS_PER_TOKEN
 
 
 @dataclass(frozen=True)
@@ -101,9 +126,15 @@ class _AnswerStream:
     choice's confidence read as that choice ends; `events` drains the queue."""
 
     def __init__(
-        self, service: ConfidenceService, prompt: Prompt, options: SamplingOptions, reader: ConfidenceReader
+        self,
+        service: ConfidenceService,
+        prompt: Prompt,
+        options: SamplingOptions,
+        reader: ConfidenceReader,
+        deltas: AsyncGenerator[StreamDelta, None],
     ) -> None:
         self.service, self.prompt, self.options, self.reader = service, prompt, options, reader
+        self.deltas = deltas
         self.queue: asyncio.Queue[ChoiceText | ChoiceDone | BaseException] = asyncio.Queue()
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -121,8 +152,7 @@ class _AnswerStream:
         texts = [""] * self.options.n
         tokens = [0] * self.options.n
         logprobs: list[list[TokenLogprob]] = [[] for _ in range(self.options.n)]
-        deltas = self.service.engine.generate_stream(self.prompt.ids, self.options, lora=None)
-        async with aclosing(deltas):
+        async with aclosing(self.deltas) as deltas:
             async for delta in deltas:
                 i = delta.index
                 texts[i] += delta.text
@@ -136,18 +166,22 @@ class _AnswerStream:
                     self._spawn(self._score(i, done))
 
     async def _score(self, index: int, completion: Completion) -> None:
-        ids = self.service.query(self.prompt.question, completion.text, param=self.prompt.param)
+        ids = await self.service.query(self.prompt.question, completion.text, param=self.prompt.param)
         self.queue.put_nowait(ChoiceDone(index, completion, await self.service.read(ids, self.reader)))
 
-    async def events(self) -> AsyncGenerator[ChoiceText | ChoiceDone, None]:
-        self._spawn(self._generate())
-        remaining = self.options.n
-        while remaining:
-            event = await self.queue.get()
-            if isinstance(event, BaseException):
-                raise event
-            remaining -= isinstance(event, ChoiceDone)
-            yield event
+    async def run(self) -> AsyncGenerator[ChoiceText | ChoiceDone, None]:
+        try:
+            self._spawn(self._generate())
+            remaining = self.options.n
+            while remaining:
+                event = await self.queue.get()
+                if isinstance(event, BaseException):
+                    raise event
+                remaining -= isinstance(event, ChoiceDone)
+                yield event
+        finally:
+            await self.cancel()
+            await self.deltas.aclose()  # if the engine stream never started
 
     async def cancel(self) -> None:
         """Cancel what still runs (closing vLLM's streams aborts their requests) and wait for it."""
@@ -179,9 +213,29 @@ def _generate_response(
     )
 
 
+async def _generate_events(
+    events: AsyncGenerator[ChoiceText | ChoiceDone, None], prompt_tokens: int, reader: ConfidenceReader
+) -> AsyncGenerator[GenerateDelta | GenerateResponse, None]:
+    response_id = _generate_id()
+    async with aclosing(events):
+        async for event in events:
+            if isinstance(event, ChoiceText):
+                yield GenerateDelta(id=response_id, text=event.text)
+            else:
+                yield _generate_response(
+                    response_id, prompt_tokens, event.completion, event.confidence, reader
+                )
+
+
 class ConfidenceService:
     def __init__(
-        self, engine: Engine, registry: AdapterRegistry, labels: cq.LabelTokens, limits: Limits
+        self,
+        engine: Engine,
+        registry: AdapterRegistry,
+        labels: cq.LabelTokens,
+        limits: Limits,
+        *,
+        tokenizer_threads: int = 1,
     ) -> None:
         self.engine = engine
         self.registry = registry
@@ -191,6 +245,23 @@ class ConfidenceService:
         # and where its confidences go. Unset: no shadow reads.
         self.shadow_policy: ShadowPolicy | None = None
         self.shadow_sink: Callable[[ShadowRead], None] | None = None
+        # Few threads: the work is CPU-bound, and Hugging Face fast tokenizers are not safe to
+        # call from many threads at once ("Already borrowed"); vLLM uses one as well.
+        self._tokenize_pool = ThreadPoolExecutor(tokenizer_threads, thread_name_prefix="tokenize")
+
+    async def _off_loop(self, call: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, call)
+
+    def check_input_chars(self, texts: Sequence[str], *, param: str) -> None:
+        """Refuse, before any tokenizing, text that cannot fit the context however it tokenizes."""
+        total, limit = sum(map(len, texts)), self.limits.input_chars_limit()
+        if total > limit:
+            context = self.limits.max_model_len
+            raise PromptTooLongError(
+                f"{param} has {total} characters; this server accepts at most {limit} per request "
+                f"(its {context}-token context at most {limit // context} characters per token)",
+                param=param,
+            )
 
     @contextmanager
     def reader(
@@ -267,9 +338,11 @@ class ConfidenceService:
             )
         )
 
-    def query(self, question: list[cq.Message], answer: str, *, param: str) -> list[int]:
-        """Token ids of the confidence query, checked against the context length."""
-        ids = cq.query_ids(self.engine.tokenizer, question, answer)
+    async def query(self, question: list[cq.Message], answer: str, *, param: str) -> list[int]:
+        """Token ids of the confidence query (tokenized off the event loop), checked against
+        the context length."""
+        self.check_input_chars([*(m["content"] for m in question), answer], param=param)
+        ids = await self._off_loop(lambda: cq.query_ids(self.engine.tokenizer, question, answer))
         if len(ids) >= self.limits.max_model_len:
             raise PromptTooLongError(
                 f"question + answer + confidence query is {len(ids)} tokens; the model context is "
@@ -313,15 +386,18 @@ class ConfidenceService:
             logprobs=logprobs,
         )
 
-    def chat_prompt(self, chat: list[cq.Message], *, param: str) -> Prompt:
-        """A chat ending in a user turn, rendered with the model's chat template."""
+    async def chat_prompt(self, chat: list[cq.Message], *, param: str) -> Prompt:
+        """A chat ending in a user turn, rendered with the model's chat template (off the loop)."""
+        self.check_input_chars([m["content"] for m in chat], param=param)
         tokenizer = self.engine.tokenizer
-        return Prompt(cq.encode_rendered(tokenizer, cq.render(tokenizer, chat)), chat, param)
+        ids = await self._off_loop(lambda: cq.encode_rendered(tokenizer, cq.render(tokenizer, chat)))
+        return Prompt(ids, chat, param)
 
-    def text_prompt(self, text: str, *, param: str) -> Prompt:
+    async def text_prompt(self, text: str, *, param: str) -> Prompt:
         """Raw text continued as is (no chat template), as OpenAI's completions API does; its
         answers are scored as answers to `text` asked as one user turn."""
-        ids = list(self.engine.tokenizer.encode(text, add_special_tokens=True))
+        self.check_input_chars([text], param=param)
+        ids = await self._off_loop(lambda: list(self.engine.tokenizer.encode(text, add_special_tokens=True)))
         return Prompt(ids, [{"role": "user", "content": text}], param)
 
     def check_fits(self, prompt: Prompt, options: SamplingOptions) -> None:
@@ -339,30 +415,30 @@ class ConfidenceService:
         (only the confidence query uses the adapter)."""
         self.check_fits(prompt, options)
         result = await self.engine.generate(prompt.ids, options, lora=None)
-        queries = [self.query(prompt.question, c.text, param=prompt.param) for c in result.completions]
+        queries = [await self.query(prompt.question, c.text, param=prompt.param) for c in result.completions]
         scores, shadow = await self.read_all(queries, reader)
         choices = [Answer(c, s) for c, s in zip(result.completions, scores, strict=True)]
         return Answers(result.prompt_tokens, choices, shadow)
 
-    async def answer_stream(
+    def answer_stream(
         self, prompt: Prompt, options: SamplingOptions, reader: ConfidenceReader
     ) -> AsyncGenerator[ChoiceText | ChoiceDone, None]:
         """Text as it is generated, then per choice a `ChoiceDone` with its confidence. Each
         choice's confidence read starts the moment that choice ends, while the others may
-        still be generating. Closing the generator early cancels all of its engine work."""
+        still be generating. Closing the generator early cancels all of its engine work.
+
+        Raises (here, before any engine work, so a route can still answer 4xx):
+            PromptTooLongError, InvalidRequestError: the prompt or the options cannot be served.
+        """
         self.check_fits(prompt, options)
-        stream = _AnswerStream(self, prompt, options, reader)
-        try:
-            async for event in stream.events():
-                yield event
-        finally:
-            await stream.cancel()
+        deltas = self.engine.generate_stream(prompt.ids, options, lora=None)
+        return _AnswerStream(self, prompt, options, reader, deltas).run()
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
         with self.reader(request.method, request.adapter, shadow=True) as reader:  # fail fast
             return await self._generate(request, reader)
 
-    def generate_inputs(self, request: GenerateRequest) -> tuple[Prompt, SamplingOptions]:
+    async def generate_inputs(self, request: GenerateRequest) -> tuple[Prompt, SamplingOptions]:
         """The prompt and sampling options of a native /generate request."""
         param = "messages" if request.messages is not None else "prompt"
         options = self.sampling(
@@ -372,10 +448,10 @@ class ConfidenceService:
             stop=request.stop or (),
             seed=request.seed,
         )
-        return self.chat_prompt(request.chat(), param=param), options
+        return await self.chat_prompt(request.chat(), param=param), options
 
     async def _generate(self, request: GenerateRequest, reader: ConfidenceReader) -> GenerateResponse:
-        prompt, options = self.generate_inputs(request)
+        prompt, options = await self.generate_inputs(request)
         answers = await self.answer(prompt, options, reader)
         choice = answers.choices[0]
         response_id = _generate_id()
@@ -384,19 +460,12 @@ class ConfidenceService:
             response_id, answers.prompt_tokens, choice.completion, choice.confidence, reader
         )
 
-    async def generate_stream(
+    def generate_stream(
         self, prompt: Prompt, options: SamplingOptions, reader: ConfidenceReader
     ) -> AsyncGenerator[GenerateDelta | GenerateResponse, None]:
-        """/generate's stream: the answer in pieces as generated, then the whole response."""
-        response_id = _generate_id()
-        async with aclosing(self.answer_stream(prompt, options, reader)) as events:
-            async for event in events:
-                if isinstance(event, ChoiceText):
-                    yield GenerateDelta(id=response_id, text=event.text)
-                else:
-                    yield _generate_response(
-                        response_id, len(prompt.ids), event.completion, event.confidence, reader
-                    )
+        """/generate's stream: the answer in pieces as generated, then the whole response.
+        Raises like `answer_stream`, at the call."""
+        return _generate_events(self.answer_stream(prompt, options, reader), len(prompt.ids), reader)
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
         if len(request.items) > self.limits.max_score_items:
@@ -411,7 +480,7 @@ class ConfidenceService:
         # Tokenize and length-check every item before submitting any: a bad item fails
         # the request before any engine work starts.
         queries = [
-            self.query(
+            await self.query(
                 cq.question_chat(messages=item.turns(), context=item.context),
                 item.answer,
                 param=f"items[{i}]",

@@ -56,7 +56,7 @@ async def chat_completions(
 ) -> Any:
     """A chat completion whose every choice carries its calibrated confidence."""
     labels.note(request.method.value, request.adapter)
-    call = openai.chat_call(request)
+    call = await openai.chat_call(request)
     await _check_decisions(selective, openai, request, call)
     serve = _Serve(openai.service, admission, deadline, monitor, request, call, "chat.completions")
     if request.stream:
@@ -77,7 +77,7 @@ async def completions(
 ) -> Any:
     """A text completion (no chat template) whose every choice carries its confidence."""
     labels.note(request.method.value, request.adapter)
-    call = openai.completion_call(request)
+    call = await openai.completion_call(request)
     await _check_decisions(selective, openai, request, call)
     serve = _Serve(openai.service, admission, deadline, monitor, request, call, "completions")
     if request.stream:
@@ -87,7 +87,7 @@ async def completions(
 
 
 async def _check_decisions(
-    selective: SelectiveAnswering, openai: OpenAIServing, request: oa._Sampling, call: Call
+    selective: SelectiveAnswering, openai: OpenAIServing, request: oa.SamplingRequest, call: Call
 ) -> None:
     """Selective answering (the extra abstain_below / target_error_rate): refused while
     streaming, and a target that cannot be met is a 409 before any engine work."""
@@ -101,7 +101,7 @@ async def _check_decisions(
 
 async def _decided(
     selective: SelectiveAnswering,
-    request: oa._Sampling,
+    request: oa.SamplingRequest,
     reader: ConfidenceReader,
     response: oa.ChatCompletion | oa.Completion,
 ) -> oa.ChatCompletion | oa.Completion:
@@ -131,7 +131,7 @@ class _Serve:
         admission: Admission,
         deadline: Deadline,
         monitor: CalibrationMonitor,
-        request: oa._Sampling,
+        request: oa.SamplingRequest,
         call: Call,
         endpoint: str,
     ) -> None:
@@ -161,8 +161,7 @@ class _Serve:
             reader: ConfidenceReader = resources.enter_context(
                 self.service.reader(self.request.method, call.adapter)
             )
-            events = self.service.answer_stream(call.prompt, call.options, reader)
-            self.service.check_fits(call.prompt, call.options)  # a 400, not an error frame
+            events = self.service.answer_stream(call.prompt, call.options, reader)  # may raise a 4xx
 
             self.monitor.count_tokens(len(call.prompt.ids), 0)
 

@@ -46,7 +46,7 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
-class _Sampling(_Request, Selective):
+class SamplingRequest(_Request, Selective):
     """The parameters both endpoints share. Defaults follow OpenAI (temperature 1)."""
 
     model: str = Field(max_length=512, description="The base model's id (or an adapter entry of /v1/models).")
@@ -103,7 +103,7 @@ class ChatMessage(_Request):
         return content
 
 
-class ChatCompletionRequest(_Sampling):
+class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1, description="A chat ending with a user turn.")
     max_completion_tokens: int | None = Field(default=None, ge=1, description="Wins over max_tokens.")
     logprobs: bool = False
@@ -140,7 +140,7 @@ class ChatCompletionRequest(_Sampling):
         return (self.top_logprobs or 0) if self.logprobs else None
 
 
-class CompletionRequest(_Sampling):
+class CompletionRequest(SamplingRequest):
     prompt: str | list[str] = Field(description="One prompt (a list must hold exactly one).")
     logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     echo: bool = Field(default=False, description="Not supported: true is refused.")

@@ -70,7 +70,7 @@ class OpenAIServing:
         adapters = [oa.ModelCard(id=spec, root=spec, parent=self.model) for spec in self._adapter_ids()]
         return oa.ModelList(data=[base, *adapters])
 
-    def _adapter(self, request: oa._Sampling) -> str | None:
+    def _adapter(self, request: oa.SamplingRequest) -> str | None:
         """The adapter a request asks for. `model` names the base model, or an adapter
         entry of /v1/models (answers still come from the base model; the entry chooses
         the uncertainty adapter)."""
@@ -89,21 +89,21 @@ class OpenAIServing:
 
     # ------------------------------------------------------------ requests
 
-    def chat_call(self, request: oa.ChatCompletionRequest) -> Call:
+    async def chat_call(self, request: oa.ChatCompletionRequest) -> Call:
         adapter = self._adapter(request)
         max_tokens, param = request.requested_max_tokens()
         options = self._options(request, max_tokens, param, request.logprobs_k())
-        prompt = self.service.chat_prompt(request.chat(), param="messages")
+        prompt = await self.service.chat_prompt(request.chat(), param="messages")
         return Call(f"chatcmpl-{uuid.uuid4().hex}", prompt, options, adapter, request.include_usage())
 
-    def completion_call(self, request: oa.CompletionRequest) -> Call:
+    async def completion_call(self, request: oa.CompletionRequest) -> Call:
         adapter = self._adapter(request)
         options = self._options(request, request.max_tokens, "max_tokens", request.logprobs)
-        prompt = self.service.text_prompt(request.text(), param="prompt")
+        prompt = await self.service.text_prompt(request.text(), param="prompt")
         return Call(f"cmpl-{uuid.uuid4().hex}", prompt, options, adapter, request.include_usage())
 
     def _options(
-        self, request: oa._Sampling, max_tokens: int | None, param: str, logprobs: int | None
+        self, request: oa.SamplingRequest, max_tokens: int | None, param: str, logprobs: int | None
     ) -> SamplingOptions:
         return self.service.sampling(
             max_tokens=max_tokens,

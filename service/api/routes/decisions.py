@@ -94,12 +94,12 @@ async def promote_shadow(
     if config is None or default is None:
         raise ShadowConflictError("no shadow is attached to a default adapter")
     window = CalibrationQuery(window=request.window).window_seconds()
-    pairs = await asyncio.to_thread(
-        monitor.store.shadow_pairs,
-        labelled_since=monitor.clock() - window,
-        adapter=default.name,
-        method="adapter",
-        version=default.version,
+    since = monitor.clock() - window
+    pairs = await monitor.read_store(
+        "shadow",
+        lambda: monitor.store.shadow_pairs(
+            labelled_since=since, adapter=default.name, method="adapter", version=default.version
+        ),
     )
     name, version = parse_spec(config.spec)
     mine = [p for p in pairs if (p.candidate_adapter, p.candidate_version) == (name, version)]
@@ -121,6 +121,7 @@ async def promote_shadow(
 
 
 DEFAULT_THRESHOLD = 0.5
+QUEUE_CANDIDATES = 5000  # newest unlabelled items ranked per request
 
 
 @router.get("/feedback/queue", response_model=FeedbackQueue, responses=documented(400, 401, 403, 404, 503))
@@ -140,16 +141,15 @@ async def feedback_queue(
         name, version = adapter.name, query.version or adapter.version
         reference = adapter.manifest.reference_histogram
     since = monitor.clock() - query.window_seconds()
-    unlabelled = await asyncio.to_thread(
-        monitor.store.unlabelled,
-        served_since=since,
-        adapter=name,
-        method=query.method.value,
-        version=version,
-        limit=5000,
+    method = query.method.value
+    unlabelled = await monitor.read_store(
+        "queue",
+        lambda: monitor.store.unlabelled(
+            served_since=since, adapter=name, method=method, version=version, limit=QUEUE_CANDIDATES
+        ),
     )
-    labelled = await asyncio.to_thread(
-        monitor.store.outcomes, adapter=name, method=query.method.value, version=version
+    labelled = await monitor.read_store(
+        "queue", lambda: monitor.store.outcomes(adapter=name, method=method, version=version)
     )
     thresholds = (
         [query.threshold]

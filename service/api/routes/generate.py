@@ -40,8 +40,7 @@ async def generate(
         with held_until_streamed() as resources:
             resources.enter_context(admission.admit(1))
             reader = resources.enter_context(service.reader(request.method, request.adapter))
-            prompt, options = service.generate_inputs(request)
-            service.check_fits(prompt, options)
+            prompt, options = await service.generate_inputs(request)
             events = _recorded(service.generate_stream(prompt, options, reader), request, monitor, selective)
             return EventStream(framed(deadline.stream(events), _error_frame), resources=resources)
     with admission.admit(1):
