@@ -107,7 +107,8 @@ def test_recalibrate_promote_shadow_and_rollback_on_the_real_engine(tiny_model, 
 
         monkeypatch.setenv("CONFIDENCE_ADMIN_TOKEN", TOKEN)
         codes = asyncio.run(promote_under_load())
-        summary = json.loads(capsys.readouterr().out)
+        out = capsys.readouterr().out  # vLLM logs to stdout too: the summary is the last JSON
+        summary = json.loads(out[out.rindex('{\n  "current"') :])
         assert summary["outcome"] == "promoted", summary
         assert summary["heldout"]["difference"]["ece"]["ci_high"] < 0
         assert set(codes) == {200}, sorted(set(codes))
