@@ -5,6 +5,7 @@ thresholds recomputed as labels arrive."""
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -205,3 +206,18 @@ async def test_thresholds_follow_labels_stored_by_other_replicas_after_the_ttl(t
     selection = await book.selection("a", "v1", Method.adapter, TARGET)
     assert selection.n_labels == 200 and selection.source == "outcome_store"
     store.close()
+
+
+def sse_json(text: str) -> list[dict]:
+    frames = [line.removeprefix("data: ") for line in text.split("\n\n") if line.startswith("data: ")]
+    return [json.loads(frame) for frame in frames if frame != "[DONE]"]
+
+
+def test_the_streamed_generate_decides_on_its_final_event_only_when_asked(client):
+    plain = sse_json(client.post("/generate", json={"prompt": "2+2?", "stream": True}).text)
+    assert "confidence" in plain[-1] and "decision" not in plain[-1]
+    decided = sse_json(
+        client.post("/generate", json={"prompt": "2+2?", "stream": True, "abstain_below": 0.0}).text
+    )
+    assert decided[-1]["decision"] == "answer"
+    assert all("decision" not in event for event in decided[:-1])
