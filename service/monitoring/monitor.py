@@ -34,10 +34,14 @@ from service.api.protocol import (
     GenerateResponse,
     Method,
     ReliabilityBin,
+    RiskCoveragePoint,
     ScoreRequest,
     ScoreResponse,
 )
 from service.calibration import metrics as calib
+from service.calibration import risk
+from service.decisions.compare import shadow_comparisons
+from service.decisions.shadow import ShadowRead
 from service.engine.base import Engine
 from service.errors import EngineDeadError, FeedbackStoreError, InvalidRequestError, ResponseNotFoundError
 from service.feedback.export import stored_chat
@@ -48,6 +52,8 @@ from service.feedback.store import (
     OutcomeStore,
     ServedItem,
     ServedResponse,
+    ShadowPair,
+    ShadowRecord,
     open_store,
 )
 from service.feedback.writer import RecordWriter
@@ -80,8 +86,10 @@ class CalibrationMonitor:
         queue_size: int = 10_000,
         store_timeout_s: float = 5.0,
         clock: Callable[[], float] = time.time,
+        risk_delta: float = risk.DEFAULT_DELTA,
     ) -> None:
         self.store = store
+        self.risk_delta = risk_delta
         self.metrics = metrics
         self.adapters = adapters
         self.default_adapter = default_adapter
@@ -92,6 +100,9 @@ class CalibrationMonitor:
         self.store_timeout_s = store_timeout_s
         # (adapter name, version) -> its drift window; None when it has no usable reference
         self._drift: dict[tuple[str, str], DriftWindow | None] = {}
+        # Called with each newly stored label (the decision thresholds recompute from them).
+        self.label_listeners: list[Callable[[Outcome], None]] = []
+        self._background: set[asyncio.Task[None]] = set()
         # The writer reads self.store at each batch, so a test (or a reconfiguration) that
         # swaps the store redirects recording too.
         self.writer = RecordWriter(
@@ -116,6 +127,16 @@ class CalibrationMonitor:
             raise FeedbackStoreError(
                 f"the feedback store did not answer within {timeout_s:g} s; retry later"
             ) from exc
+
+    async def read_store(self, operation: str, call: Callable[[], T]) -> T:
+        """A read for another component (decision routes), on the store's threads, after the
+        responses already served are recorded; bounded like the calibration report."""
+
+        def after_recorded() -> T:
+            self.writer.wait_handled(self.store_timeout_s)
+            return call()
+
+        return await self._in_store(operation, after_recorded, timeout_s=2 * self.store_timeout_s)
 
     def close(self) -> None:
         """Write what is queued (bounded), then close the store."""
@@ -210,6 +231,32 @@ class CalibrationMonitor:
         if not self.writer.submit(served):
             log.warning("response %s served but not recorded: the record queue is full", response_id)
 
+    def record_shadow(self, read: ShadowRead) -> None:
+        """Count a shadow read and store its confidences in the background (the answer is
+        already on its way; a store failure is only counted)."""
+        self.metrics.shadow_reads.labels(read.adapter, read.version, "failed" if read.failed else "ok").inc()
+        if read.failed:
+            return
+        record = ShadowRecord(
+            response_id=read.response_id,
+            adapter=read.adapter,
+            adapter_version=read.version,
+            method=read.method,
+            served_at=self.clock(),
+            confidences=read.confidences,
+        )
+        task = asyncio.get_running_loop().create_task(self._store_shadow(record))
+        self._background.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._background.discard)
+
+    async def _store_shadow(self, record: ShadowRecord) -> None:
+        try:
+            await self._in_store(
+                "shadow", lambda: self.store.record_shadow(record), timeout_s=self.store_timeout_s
+            )
+        except FeedbackStoreError as exc:  # counted by _in_store
+            log.warning("shadow confidences of %s not recorded: %s", record.response_id, exc)
+
     def _window(self, adapter: AdapterInfo) -> DriftWindow | None:
         """The drift window of this adapter version (created on its first confidence)."""
         key = (adapter.name, adapter.version)
@@ -269,6 +316,8 @@ class CalibrationMonitor:
                 outcome.confidence,
                 outcome.correct,
             )
+            for listener in self.label_listeners:
+                listener(outcome)
         return FeedbackResponse(recorded=len(result.recorded), duplicates=result.duplicates)
 
     # ---------------------------------------------------------------- calibration report
@@ -284,7 +333,40 @@ class CalibrationMonitor:
             ),
             timeout_s=2 * self.store_timeout_s,
         )
-        return calibration_report(rows, adapter=adapter, query=query)
+        pairs: list[ShadowPair] = []
+        if adapter is not None:
+            pairs = await self._in_store(
+                "calibration",
+                lambda: self.store.shadow_pairs(
+                    labelled_since=since, adapter=adapter, method=query.method.value, version=query.version
+                ),
+                timeout_s=2 * self.store_timeout_s,
+            )
+        report = calibration_report(rows, adapter=adapter, query=query)
+        # The bootstraps of the comparison and the curve's bounds take a moment: off the loop.
+        return await asyncio.to_thread(self._decision_views, report, rows, pairs)
+
+    def _decision_views(
+        self, report: CalibrationResponse, rows: list[Outcome], pairs: list[ShadowPair]
+    ) -> CalibrationResponse:
+        """The risk-coverage curve of the labelled rows and the shadow comparisons."""
+        curve = []
+        if rows:
+            p = [r.confidence for r in rows]
+            y = [1.0 if r.correct else 0.0 for r in rows]
+            curve = [
+                RiskCoveragePoint(
+                    threshold=pt.threshold,
+                    answered=pt.answered,
+                    coverage=pt.coverage,
+                    error_rate=pt.error_rate,
+                    risk_upper_bound=pt.risk_upper_bound,
+                )
+                for pt in risk.risk_coverage(p, y, delta=self.risk_delta)
+            ]
+        return report.model_copy(
+            update={"delta": self.risk_delta, "risk_coverage": curve, "shadow": shadow_comparisons(pairs)}
+        )
 
     def _report_adapter(self, query: CalibrationQuery) -> str | None:
         if query.method is Method.zero_shot:
@@ -406,6 +488,7 @@ def monitor_for(settings: Settings, state: ServiceState, admission: Admission) -
         store_prompts=settings.feedback_store_prompts,
         drift_window=settings.drift_window,
         retention_days=settings.feedback_retention_days,
+        risk_delta=settings.selective_delta,
         queue_size=settings.feedback_queue_size,
         store_timeout_s=settings.feedback_store_timeout_s,
     )

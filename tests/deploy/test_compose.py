@@ -34,14 +34,30 @@ def config() -> Any:
 
 
 def test_stack_has_every_part(config: Any) -> None:
-    assert set(config["services"]) == {"gateway", "confidence", "prometheus", "grafana", "postgres", "train"}
+    assert set(config["services"]) == {
+        "gateway", "confidence", "prometheus", "grafana", "postgres", "train", "recalibrate",
+    }  # fmt: skip
     assert {"adapters", "model-cache", "feedback-db"} <= set(config["volumes"])
 
 
 def test_train_is_an_optional_profile(config: Any) -> None:
     assert config["services"]["train"]["profiles"] == ["train"]
-    assert all("profiles" not in s for name, s in config["services"].items() if name != "train")
+    optional = {"train", "recalibrate"}
+    assert all("profiles" not in s for name, s in config["services"].items() if name not in optional)
     assert "train" in compose_config("--profile", "train")["services"]
+
+
+def test_recalibration_is_an_optional_profile_that_never_promotes(config: Any) -> None:
+    job = compose_config("--profile", "recalibrate")["services"]["recalibrate"]
+    assert job["profiles"] == ["recalibrate"]
+    script = " ".join(job["command"])
+    assert "confidence recalibrate" in script and "--report" in script and "--promote" not in script
+    # It writes candidates into the volume the service reads (read-only there).
+    assert "adapters:/var/lib/confidence/adapters:rw" in job["volumes"]
+    assert (
+        job["environment"]["CONFIDENCE_FEEDBACK_DB_URL"]
+        == config["services"]["confidence"]["environment"]["CONFIDENCE_FEEDBACK_DB_URL"]
+    )
 
 
 def test_secrets_have_no_defaults() -> None:
