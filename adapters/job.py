@@ -30,10 +30,21 @@ from adapters.calibrate import apply_temperature
 from adapters.data import GradedRecord, read_graded_jsonl
 from adapters.train import SUMMARY_FILE, count_by_source, read_split, train
 from adapters.train_config import QueryTrainingArguments, TrainConfig
-from service.calibration.metrics import accuracy, ece, mean_confidence
+from service.calibration.metrics import (
+    accuracy,
+    auroc,
+    brier,
+    confidence_histogram,
+    ece,
+    mean_confidence,
+    nan_to_none,
+    nll,
+)
 from service.engine.base import LoRA
 
 log = logging.getLogger(__name__)
+
+POINT_METRICS = {"accuracy": accuracy, "ece": ece, "auroc": auroc, "brier": brier, "nll": nll}
 
 
 @dataclass
@@ -94,8 +105,11 @@ def calibration_records(config: TrainConfig, job: JobConfig) -> list[GradedRecor
     return records
 
 
-def fit_served_temperature(model: str, adapter_dir: Path, records: list[GradedRecord]) -> dict[str, Any]:
-    """Fit T on the adapter's logit gaps as vLLM computes them (what the service serves)."""
+def fit_served_temperature(
+    model: str, adapter_dir: Path, records: list[GradedRecord]
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Fit T on the adapter's logit gaps as vLLM computes them (what the service serves);
+    returns the fit and the served (tempered) confidences of the records."""
     from adapters.calibrate import fit_temperature
     from adapters.scoring import offline_engine, query_gaps
 
@@ -111,11 +125,13 @@ def fit_served_temperature(model: str, adapter_dir: Path, records: list[GradedRe
     y = np.array([float(r.correct) for r in records])
     fit = fit_temperature(g, y)
     by_source = Counter(r.source for r in records)
-    return {
+    p = apply_temperature(g, fit.temperature)
+    summary = {
         **fit.to_dict(),
         "sources": dict(by_source),
-        "per_source": per_source_calibration(records, apply_temperature(g, fit.temperature), y),
+        "per_source": per_source_calibration(records, p, y),
     }
+    return summary, p
 
 
 def per_source_calibration(records: list[GradedRecord], p: np.ndarray, y: np.ndarray) -> dict[str, Any]:
@@ -164,11 +180,15 @@ def run_job(config: TrainConfig, args: QueryTrainingArguments, job: JobConfig) -
             "fitted on the calibration split, which must stay unseen by training"
         )
     target = target_version(job)
+    # Bad data fails here, in seconds: evaluation-only records, or nothing to fit T on.
+    read_split(config, config.split, training=True)
+    held_out = calibration_records(config, job)
     adapter_dir = train(config, args)
     if not is_main_process():
         return None
-    fit = fit_served_temperature(config.model, adapter_dir, calibration_records(config, job))
+    fit, confidences = fit_served_temperature(config.model, adapter_dir, held_out)
     log.info("temperature %.3f (NLL %.4f -> %.4f)", fit["temperature"], fit["nll_before"], fit["nll_after"])
+    y = np.array([float(r.correct) for r in held_out])
     return export_adapter(
         adapter_dir,
         out_root=job.export_root,
@@ -177,10 +197,21 @@ def run_job(config: TrainConfig, args: QueryTrainingArguments, job: JobConfig) -
         base_model_dir=config.model,
         temperature=fit["temperature"],
         training_data=training_data_summary(config, adapter_dir),
-        metrics={"temperature_fit": fit},
-        reference_histogram=None,
+        # The served confidences on the calibration data, whose T was fitted there (so
+        # in-sample for T): the test-split numbers are `confidence eval`'s report.
+        metrics={
+            "temperature_fit": fit,
+            "calibration_split": {"lora_prompt": calibration_summary(confidences, y)},
+        },
+        # Drift monitoring compares live confidences with these held-out ones.
+        reference_histogram=confidence_histogram(confidences),
         base_model_name=job.base_model_name,
     )
+
+
+def calibration_summary(p: np.ndarray, y: np.ndarray) -> dict[str, float | int | None]:
+    """n and the point metrics the adapter listing shows per evaluation set."""
+    return nan_to_none({"n": int(y.size), **{name: fn(p, y) for name, fn in POINT_METRICS.items()}})
 
 
 def is_main_process() -> bool:

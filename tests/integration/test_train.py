@@ -21,7 +21,7 @@ from adapters.export import export_adapter
 from adapters.train import CONFIG_FILE, build_peft_model, label_logit_gaps, load_base, train
 from adapters.train_config import QueryTrainingArguments, TrainConfig
 from service.calibration.query import QUERY_TEMPLATE_VERSION, label_tokens, query_ids
-from service.lora.files import FORBIDDEN_TENSOR_PARTS
+from service.lora.files import forbidden_tensors
 from service.lora.manifest import AdapterManifest, weights_fingerprint
 from tests.tiny_model import build_tiny_model, tokenizer_source
 
@@ -94,10 +94,6 @@ def args(tmp_path_factory: pytest.TempPathFactory) -> QueryTrainingArguments:
         save_steps=3,
         disable_tqdm=True,
     )
-
-
-def forbidden_tensors(names: list[str]) -> list[str]:
-    return [n for n in names if any(part in n for part in FORBIDDEN_TENSOR_PARTS)]
 
 
 @pytest.fixture(scope="module")
