@@ -1,15 +1,21 @@
 """`confidence train`: train the LoRA, fit its temperature as served, export it.
 
+0. Before anything is trained: the target version must be free (default: the next free
+   one), the train split must hold no evaluation-only record, and there must be held-out
+   calibration data.
 1. `adapters.train.train` fine-tunes the LoRA on the graded records of the train split.
 2. The temperature is fitted on held-out data — the calibration split plus MMLU's
    validation questions — reading the adapter through vLLM exactly as the service will.
-3. `adapters.export.export_adapter` writes `<export_root>/<name>/<version>/` with the
-   manifest; `confidence eval` then adds the report and the reference histogram.
+3. `adapters.export.export_adapter` writes `<export_root>/<name>/<version>/` once, with the
+   manifest (temperature, calibration-split numbers, reference histogram); `confidence
+   eval` writes its report into the report directory, never into the version.
 
-Example (reproduces the shipped default adapter; see README):
+Under `torchrun` / `accelerate launch` every process trains and the main one fits and exports.
 
-    confidence train --train_files data/graded/train_mix.jsonl --mmlu data/graded/mmlu.jsonl \\
-        --output_dir runs/smollm2 --name smollm2-135m-uncertainty --version v1
+Example (the shipped default adapter's recipe is scripts/train_default_adapter):
+
+    confidence train --train_files adapters/graded/smollm2-135m/train_mix.jsonl \\
+        --mmlu adapters/graded/smollm2-135m/mmlu.jsonl --name smollm2-135m-uncertainty --version v7
 """
 
 from __future__ import annotations
@@ -59,6 +65,10 @@ class JobConfig:
         default=None, metadata={"help": "graded MMLU JSONL; its val questions join T fitting"}
     )
     base_model_name: str | None = field(default=None, metadata={"help": "manifest base-model name"})
+    runs_root: str = field(
+        default="runs",
+        metadata={"help": "without --output_dir, the run goes to <runs_root>/<name>-<version>"},
+    )
 
 
 def next_free_version(name_dir: Path) -> str:
@@ -186,6 +196,7 @@ def run_job(config: TrainConfig, args: QueryTrainingArguments, job: JobConfig) -
     adapter_dir = train(config, args)
     if not is_main_process():
         return None
+    leave_distributed_launch()
     fit, confidences = fit_served_temperature(config.model, adapter_dir, held_out)
     log.info("temperature %.3f (NLL %.4f -> %.4f)", fit["temperature"], fit["nll_before"], fit["nll_after"])
     y = np.array([float(r.correct) for r in held_out])
@@ -212,6 +223,25 @@ def run_job(config: TrainConfig, args: QueryTrainingArguments, job: JobConfig) -
 def calibration_summary(p: np.ndarray, y: np.ndarray) -> dict[str, float | int | None]:
     """n and the point metrics the adapter listing shows per evaluation set."""
     return nan_to_none({"n": int(y.size), **{name: fn(p, y) for name, fn in POINT_METRICS.items()}})
+
+
+# What torchrun / accelerate launch set for the training processes; vLLM reads some of
+# them and would try to join the finished training's process group.
+LAUNCH_VARIABLES = (
+    "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+    "ROLE_WORLD_SIZE", "GROUP_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
+)  # fmt: skip
+
+
+def leave_distributed_launch() -> None:
+    """Close the training's process group and forget the launcher's variables, so the
+    temperature fit starts its own vLLM engine as a single process would."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    for name in LAUNCH_VARIABLES:
+        os.environ.pop(name, None)
 
 
 def is_main_process() -> bool:

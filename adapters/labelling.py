@@ -19,7 +19,7 @@ resumes where it stopped.
 
 Example (the embedded model, a small mix, all splits):
 
-    python -m adapters.labelling --out data/graded/mix.jsonl \\
+    python -m adapters.labelling --out adapters/graded/mix.jsonl \\
         --sources triviaqa,arc_easy --limit triviaqa=500 --limit arc_easy=100
 """
 
@@ -85,7 +85,8 @@ class LabelConfig:
     """What to label, with which model, and where to write it."""
 
     out_path: Path = field(
-        default=Path("data/graded/train_mix.jsonl"), metadata={"help": "graded JSONL (appended, resumable)"}
+        default=Path("adapters/graded/train_mix.jsonl"),
+        metadata={"help": "graded JSONL (appended, resumable)"},
     )
     model: str | None = field(default=None, metadata={"help": "model path; unset = the embedded model"})
     sources: tuple[str, ...] = field(
