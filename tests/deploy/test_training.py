@@ -9,17 +9,13 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.conftest import REPO, checkov, run, tool
+from tests.deploy.conftest import REPO, checkov, kustomize
 from tests.deploy.test_k8s import K8S_VERSIONS
 
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    result = run([tool("kubectl"), "kustomize", str(REPO / "deploy/k8s/training")])
-    assert result.returncode == 0, result.stderr
-    out = tmp_path_factory.mktemp("k8s-training") / "rendered.yaml"
-    out.write_text(result.stdout)
-    return out
+    return kustomize("deploy/k8s/training", tmp_path_factory.mktemp("k8s-training"))
 
 
 @pytest.fixture(scope="module")
