@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.api import error_mapping, middleware
+from service.api.openai import api_router as openai_api
 from service.api.routes import adapter_admin, feedback, generate, health, monitoring, score
 from service.engine.base import Engine
 from service.monitoring.monitor import monitor_for
@@ -56,7 +57,7 @@ def build_app(
         finally:
             task.cancel()
             retention.cancel()
-            app.state.monitor.store.close()
+            app.state.monitor.close()
             if app.state.service_state.engine is not None:
                 app.state.service_state.engine.shutdown()
             if app.state.service_state.service is not None:
@@ -75,13 +76,13 @@ def build_app(
     app.state.monitor = monitor_for(settings, app.state.service_state, app.state.admission)
     # Added first, so it runs inside the metrics middleware: its 413s and the 499 it reports
     # for departed clients are counted like any other response.
-    middleware.install(app, max_body_bytes=settings.max_body_bytes)
+    middleware.install(app, max_body_bytes=settings.body_limit())
     app.add_middleware(
         RequestMetricsMiddleware,
         metrics=app.state.monitor.metrics,
         adapter_label=app.state.monitor.adapter_label,
     )
     error_mapping.install(app)
-    for module in (generate, score, adapter_admin, health, feedback, monitoring):
+    for module in (generate, score, adapter_admin, health, feedback, monitoring, openai_api):
         app.include_router(module.router)
     return app

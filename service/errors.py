@@ -36,6 +36,13 @@ class AdapterNotFoundError(ServiceError):
     error_type = "adapter_not_found"
 
 
+class ModelNotFoundError(ServiceError):
+    """An OpenAI-API request names a model this server does not serve."""
+
+    status_code = 404
+    error_type = "model_not_found"
+
+
 class NoAdapterLoadedError(ServiceError):
     """method=adapter was asked for but the service has no uncertainty adapter."""
 

@@ -8,8 +8,10 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 MAX_TEXT_CHARS = 200_000  # a cheap bound checked before tokenizing; the token limit is the real one
+MAX_MESSAGES = 128  # turns of one chat (the model's context bounds the text, this the list)
 MAX_FEEDBACK_ITEMS = 256
 MAX_ID_CHARS = 128
+MAX_CONTEXT_DOCUMENTS = 32
 
 
 class Method(str, Enum):
@@ -26,10 +28,19 @@ class ChatMessage(_Strict):
     content: str = Field(max_length=MAX_TEXT_CHARS)
 
 
+def _check_chat(messages: list[ChatMessage] | None) -> list[ChatMessage] | None:
+    if messages is not None:
+        if messages[-1].role != "user":
+            raise ValueError("must end with a user turn")
+        if not any(m.content.strip() for m in messages if m.role == "user"):
+            raise ValueError("must contain a non-empty user turn")
+    return messages
+
+
 class GenerateRequest(_Strict):
     prompt: str | None = Field(default=None, max_length=MAX_TEXT_CHARS, description="A single user turn.")
     messages: list[ChatMessage] | None = Field(
-        default=None, min_length=1, description="A chat; must end with a user turn."
+        default=None, min_length=1, max_length=MAX_MESSAGES, description="A chat; must end with a user turn."
     )
     max_tokens: int | None = Field(default=None, ge=1, description="Defaults to the server's default.")
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
@@ -39,6 +50,11 @@ class GenerateRequest(_Strict):
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     adapter: str | None = Field(default=None, description="Uncertainty adapter; default = server default.")
     method: Method = Method.adapter
+    stream: bool = Field(
+        default=False,
+        description="Server-sent events: `GenerateDelta`s as the text is generated, then the whole "
+        "`GenerateResponse` (with the confidence), then `data: [DONE]`.",
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -50,12 +66,7 @@ class GenerateRequest(_Strict):
     @field_validator("messages")
     @classmethod
     def _ends_with_user(cls, messages: list[ChatMessage] | None) -> list[ChatMessage] | None:
-        if messages is not None:
-            if messages[-1].role != "user":
-                raise ValueError("must end with a user turn")
-            if not any(m.content.strip() for m in messages if m.role == "user"):
-                raise ValueError("must contain a non-empty user turn")
-        return messages
+        return _check_chat(messages)
 
     @model_validator(mode="after")
     def _one_input(self) -> GenerateRequest:
@@ -90,16 +101,52 @@ class GenerateResponse(BaseModel):
     finish_reason: str
 
 
+class GenerateDelta(BaseModel):
+    """A streamed piece of /generate's answer."""
+
+    id: str
+    text: str
+
+
 class ScoreItem(_Strict):
-    question: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    """A proposed answer to a question (one user turn) or to a chat whose last turn is the
+    user's, optionally with the documents it was based on."""
+
+    question: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT_CHARS)
+    messages: list[ChatMessage] | None = Field(
+        default=None, min_length=1, description="Instead of question: a chat ending with the user's turn."
+    )
     answer: str = Field(max_length=MAX_TEXT_CHARS)
+    context: list[Annotated[str, Field(max_length=MAX_TEXT_CHARS)]] | None = Field(
+        default=None,
+        max_length=MAX_CONTEXT_DOCUMENTS,
+        description="Documents the answer was based on (RAG), rendered into the last user turn "
+        "(template documents-v1).",
+    )
 
     @field_validator("question")
     @classmethod
-    def _non_blank(cls, question: str) -> str:
-        if not question.strip():
+    def _non_blank(cls, question: str | None) -> str | None:
+        if question is not None and not question.strip():
             raise ValueError("must not be blank")
         return question
+
+    @field_validator("messages")
+    @classmethod
+    def _ends_with_user(cls, messages: list[ChatMessage] | None) -> list[ChatMessage] | None:
+        return _check_chat(messages)
+
+    @model_validator(mode="after")
+    def _one_question(self) -> ScoreItem:
+        if (self.question is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'question' or 'messages'")
+        return self
+
+    def turns(self) -> list[dict[str, str]]:
+        """The question as a chat, without the context."""
+        if self.messages is not None:
+            return [m.model_dump() for m in self.messages]
+        return [{"role": "user", "content": self.question or ""}]
 
 
 class ScoreRequest(_Strict):
@@ -155,10 +202,12 @@ class SetDefaultRequest(_Strict):
 
 class FeedbackItem(_Strict):
     id: str = Field(
-        min_length=1, max_length=MAX_ID_CHARS, description="`id` of a /generate or /score response."
+        min_length=1, max_length=MAX_ID_CHARS, description="`id` of a /generate, /score or /v1 response."
     )
     index: int | None = Field(
-        default=None, ge=0, description="Item of a /score response; omit for /generate."
+        default=None,
+        ge=0,
+        description="Item of a /score response or choice of a /v1 one; omit for /generate.",
     )
     correct: StrictBool = Field(description="Whether the answer was correct.")
 
@@ -168,7 +217,9 @@ class FeedbackRequest(_Strict):
 
     id: str | None = Field(default=None, min_length=1, max_length=MAX_ID_CHARS)
     index: int | None = Field(
-        default=None, ge=0, description="Item of a /score response; omit for /generate."
+        default=None,
+        ge=0,
+        description="Item of a /score response or choice of a /v1 one; omit for /generate.",
     )
     correct: StrictBool | None = None
     items: list[FeedbackItem] | None = Field(default=None, min_length=1, max_length=MAX_FEEDBACK_ITEMS)

@@ -12,6 +12,10 @@ JSONL format, one object a line:
 
 `question` is the user message, `answer` the proposed answer (both exactly as the
 confidence query will see them), `correct` a JSON boolean; `source` is optional.
+A multi-turn chat goes in `messages` (`[{"role", "content"}, …]`, ending with the user's
+turn; `question` then repeats that last turn's text), and the documents a RAG answer was
+based on in `context` (a list of strings); both optional, rendered into the confidence
+query by `service.calibration.query.question_chat`.
 Files written by the labelling job use the same format with more keys
 (`id`, `kind`, `split`, `meta`), which the reader also accepts and validates.
 """
@@ -26,6 +30,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from service.calibration.query import question_chat
 
 Kind = Literal["mc", "open", "numeric"]
 Split = Literal["train", "calibration", "test"]
@@ -103,6 +109,9 @@ def ensure_trainable(records: Iterable[Any]) -> None:
         )
 
 
+CHAT_RULE = "must be a list of {role, content} strings ending with a user turn"
+
+
 class GradedRecord(BaseModel):
     """One graded (question, answer) pair: a training or evaluation example for the
     confidence query. See the module docstring for the JSONL format.
@@ -118,6 +127,10 @@ class GradedRecord(BaseModel):
     source: str | None = None
     kind: Kind | None = None
     split: Split | None = None
+    # A multi-turn chat (ending with the user turn the answer replies to) and the documents
+    # the answer draws on; absent for plain question/answer records.
+    messages: list[dict[str, str]] | None = None
+    context: list[str] | None = None
     question: str
     answer: str
     correct: bool
@@ -130,6 +143,14 @@ class GradedRecord(BaseModel):
             raise ValueError("must not be empty")
         return value
 
+    @field_validator("messages")
+    @classmethod
+    def _messages_end_with_the_user(cls, value: list[dict[str, str]] | None) -> list[dict[str, str]] | None:
+        if value is not None and not (value and all({"role", "content"} <= m.keys() for m in value)
+                                      and value[-1]["role"] == "user"):  # fmt: skip
+            raise ValueError(CHAT_RULE)
+        return value
+
     @field_validator("meta", mode="before")
     @classmethod
     def _meta_absent(cls, value: Any) -> Any:
@@ -138,14 +159,24 @@ class GradedRecord(BaseModel):
     @model_validator(mode="after")
     def _identity_and_split(self) -> GradedRecord:
         if not self.id:
-            self.id = f"user:{stable_seed(self.question, self.answer):016x}"
+            # The chat and documents count only when present: plain records keep their ids.
+            extra = [json.dumps(x, sort_keys=True) for x in (self.messages, self.context) if x is not None]
+            self.id = f"user:{stable_seed(self.question, self.answer, *extra):016x}"
         if self.split is None:
             self.split = assign_split(self.source or "user", self.id)
         return self
 
+    def chat(self) -> list[dict[str, str]]:
+        """The conversation the answer replies to, context rendered in (what the query asks about)."""
+        if self.messages is not None:
+            return question_chat(messages=self.messages, context=self.context)
+        return question_chat(question=self.question, context=self.context)
+
     def to_dict(self) -> dict[str, Any]:
-        """The JSONL object, keys in a reading order (identity, then content, then meta)."""
-        return self.model_dump()
+        """The JSONL object, keys in a reading order (identity, then content, then meta);
+        `messages` and `context` only when set."""
+        fields = self.model_dump()
+        return {k: v for k, v in fields.items() if k not in ("messages", "context") or v is not None}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False)
@@ -160,6 +191,8 @@ _FIELD_PROBLEMS = {
     "split": f"'split' must be one of {SPLITS}",
     "kind": f"'kind' must be one of {KINDS}",
     "meta": "'meta' must be an object or absent",
+    "messages": f"'messages' {CHAT_RULE}",
+    "context": "'context' must be a list of strings or absent",
 }
 
 

@@ -5,9 +5,12 @@ join it later), feeds the confidence histogram and the drift window, turns feedb
 stored labels and calibration counters, and computes the in-process calibration report.
 Routes call it after the serving core has answered; the core knows nothing of it.
 
-Recording a served response is best effort: a store failure is logged and counted, and the
-answer is still returned (serving matters more than monitoring); feedback for that response
-then gets a 404. Feedback itself is acknowledged only after its commit.
+Recording a served response is best effort and never delays the answer: it is queued for a
+background writer (service/feedback/writer.py); a full queue or a store failure is logged
+and counted, and feedback for that response then gets a 404. Feedback itself is
+acknowledged only after its commit. Every other store call runs on the store's own threads
+and gives up after a bound (503), so a hung database cannot exhaust the event loop's
+default thread pool.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import TypeVar
 
 from service.api.protocol import (
     AdapterInfo,
@@ -33,8 +39,18 @@ from service.api.protocol import (
 )
 from service.calibration import metrics as calib
 from service.engine.base import Engine
-from service.errors import EngineDeadError, FeedbackStoreError, InvalidRequestError
-from service.feedback.store import Label, Outcome, OutcomeStore, ServedItem, ServedResponse, open_store
+from service.errors import EngineDeadError, FeedbackStoreError, InvalidRequestError, ResponseNotFoundError
+from service.feedback.export import stored_chat
+from service.feedback.store import (
+    FeedbackResult,
+    Label,
+    Outcome,
+    OutcomeStore,
+    ServedItem,
+    ServedResponse,
+    open_store,
+)
+from service.feedback.writer import RecordWriter
 from service.lora.manifest import ReferenceHistogram
 from service.lora.registry import LoadedAdapter
 from service.monitoring.drift import DriftWindow
@@ -46,6 +62,8 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 RETENTION_INTERVAL_S = 3600.0
+STORE_THREADS = 4  # concurrent feedback/calibration/purge calls; more wait their turn
+T = TypeVar("T")
 
 
 class CalibrationMonitor:
@@ -59,6 +77,8 @@ class CalibrationMonitor:
         store_prompts: bool,
         drift_window: int,
         retention_days: float,
+        queue_size: int = 10_000,
+        store_timeout_s: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -69,8 +89,38 @@ class CalibrationMonitor:
         self.drift_window = drift_window
         self.retention_days = retention_days
         self.clock = clock
+        self.store_timeout_s = store_timeout_s
         # (adapter name, version) -> its drift window; None when it has no usable reference
         self._drift: dict[tuple[str, str], DriftWindow | None] = {}
+        # The writer reads self.store at each batch, so a test (or a reconfiguration) that
+        # swaps the store redirects recording too.
+        self.writer = RecordWriter(
+            lambda batch: self.store.record_many(batch),
+            capacity=queue_size,
+            on_drop=lambda n: self.metrics.records_dropped.inc(n),
+            on_error=lambda n: self.metrics.store_errors.labels("record").inc(n),
+        )
+        self._executor = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="outcome-store")
+
+    async def _in_store(self, operation: str, call: Callable[[], T], *, timeout_s: float) -> T:
+        """Run a blocking store call on the store's threads, bounded by `timeout_s`: past it
+        the caller gets FeedbackStoreError (503) while the thread finishes on its own."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(self._executor, call), timeout_s)
+        except FeedbackStoreError:
+            self.metrics.store_errors.labels(operation).inc()
+            raise
+        except TimeoutError as exc:
+            self.metrics.store_errors.labels(operation).inc()
+            raise FeedbackStoreError(
+                f"the feedback store did not answer within {timeout_s:g} s; retry later"
+            ) from exc
+
+    def close(self) -> None:
+        """Write what is queued (bounded), then close the store."""
+        self.writer.close(self.store_timeout_s)
+        self.store.close()
 
     # ---------------------------------------------------------------- labels
 
@@ -90,21 +140,47 @@ class CalibrationMonitor:
         self.metrics.generated_tokens.inc(response.usage.completion_tokens)
         chat, answer = (request.chat(), response.text) if self.store_prompts else (None, None)
         item = ServedItem(index=0, confidence=response.confidence, chat=chat, answer=answer)
-        await self._served("generate", response.id, response.method, response.adapter, [item])
+        self._served("generate", response.id, response.method, response.adapter, [item])
 
     async def served_score(self, request: ScoreRequest, response: ScoreResponse) -> None:
         items = [
             ServedItem(
                 index=scored.index,
                 confidence=scored.confidence,
-                chat=[{"role": "user", "content": asked.question}] if self.store_prompts else None,
+                chat=stored_chat(asked.turns(), asked.context) if self.store_prompts else None,
                 answer=asked.answer if self.store_prompts else None,
             )
             for asked, scored in zip(request.items, response.items, strict=True)
         ]
-        await self._served("score", response.id, response.method, response.adapter, items)
+        self._served("score", response.id, response.method, response.adapter, items)
 
-    async def _served(
+    async def served_answers(
+        self,
+        endpoint: str,
+        response_id: str,
+        method: Method,
+        adapter: AdapterInfo | None,
+        question: list[dict[str, str]],
+        answers: list[tuple[int, str, float]],
+    ) -> None:
+        """Record (index, answer, confidence) choices of one response; a stream records each
+        choice as it ends, so its feedback id works as soon as the client sees it."""
+        items = [
+            ServedItem(
+                index=index,
+                confidence=confidence,
+                chat=question if self.store_prompts else None,
+                answer=answer if self.store_prompts else None,
+            )
+            for index, answer, confidence in answers
+        ]
+        self._served(endpoint, response_id, method, adapter, items)
+
+    def count_tokens(self, prompt_tokens: int, completion_tokens: int) -> None:
+        self.metrics.prompt_tokens.inc(prompt_tokens)
+        self.metrics.generated_tokens.inc(completion_tokens)
+
+    def _served(
         self,
         endpoint: str,
         response_id: str,
@@ -131,13 +207,8 @@ class CalibrationMonitor:
             served_at=self.clock(),
             items=tuple(items),
         )
-        try:
-            await asyncio.to_thread(self.store.record, served)
-        except FeedbackStoreError as exc:
-            self.metrics.store_errors.labels("record").inc()
-            log.warning(
-                "response %s served but not recorded (feedback for it will 404): %s", response_id, exc
-            )
+        if not self.writer.submit(served):
+            log.warning("response %s served but not recorded: the record queue is full", response_id)
 
     def _window(self, adapter: AdapterInfo) -> DriftWindow | None:
         """The drift window of this adapter version (created on its first confidence)."""
@@ -173,11 +244,22 @@ class CalibrationMonitor:
             FeedbackStoreError: the store failed; nothing was stored.
         """
         labels = [Label(item.id, item.index, item.correct, where) for where, item in request.labelled()]
-        try:
-            result = await asyncio.to_thread(self.store.add_feedback, labels, now=self.clock())
-        except FeedbackStoreError:
-            self.metrics.store_errors.labels("feedback").inc()
-            raise
+        now = self.clock()
+
+        def label() -> FeedbackResult:
+            # Responses served before this feedback may still be queued for recording.
+            recorded = self.writer.wait_handled(self.store_timeout_s)
+            try:
+                return self.store.add_feedback(labels, now=now)
+            except ResponseNotFoundError as exc:
+                if recorded:
+                    raise
+                raise FeedbackStoreError(
+                    "responses served moments ago are still being recorded; retry later"
+                ) from exc
+
+        # Bounded: waiting for the writer, then one transaction (each bounded by the store).
+        result = await self._in_store("feedback", label, timeout_s=3 * self.store_timeout_s)
         for outcome in result.recorded:
             assert outcome.correct is not None
             self.metrics.observe_feedback(
@@ -195,17 +277,13 @@ class CalibrationMonitor:
         """Reliability table, ECE, Brier and AUROC of the feedback received in the window."""
         adapter = self._report_adapter(query)
         since = self.clock() - query.window_seconds()
-        try:
-            rows = await asyncio.to_thread(
-                self.store.outcomes,
-                labelled_since=since,
-                adapter=adapter,
-                method=query.method.value,
-                version=query.version,
-            )
-        except FeedbackStoreError:
-            self.metrics.store_errors.labels("calibration").inc()
-            raise
+        rows = await self._in_store(
+            "calibration",
+            lambda: self.store.outcomes(
+                labelled_since=since, adapter=adapter, method=query.method.value, version=query.version
+            ),
+            timeout_s=2 * self.store_timeout_s,
+        )
         return calibration_report(rows, adapter=adapter, query=query)
 
     def _report_adapter(self, query: CalibrationQuery) -> str | None:
@@ -250,9 +328,10 @@ class CalibrationMonitor:
         while True:
             cutoff = self.clock() - self.retention_days * 86400
             try:
-                deleted = await asyncio.to_thread(self.store.purge, served_before=cutoff)
+                deleted = await self._in_store(
+                    "purge", partial(self.store.purge, served_before=cutoff), timeout_s=60.0
+                )
             except FeedbackStoreError as exc:
-                self.metrics.store_errors.labels("purge").inc()
                 log.warning("retention purge failed, retrying later: %s", exc)
             else:
                 if deleted:
@@ -316,11 +395,17 @@ def monitor_for(settings: Settings, state: ServiceState, admission: Admission) -
         return state.service.registry.default if state.service is not None else settings.default_adapter
 
     return CalibrationMonitor(
-        open_store(db_url=settings.feedback_db_url, db_path=settings.feedback_db_path),
+        open_store(
+            db_url=settings.feedback_db_url,
+            db_path=settings.feedback_db_path,
+            timeout_s=settings.feedback_store_timeout_s,
+        ),
         metrics,
         adapters=served_adapters,
         default_adapter=default_adapter,
         store_prompts=settings.feedback_store_prompts,
         drift_window=settings.drift_window,
         retention_days=settings.feedback_retention_days,
+        queue_size=settings.feedback_queue_size,
+        store_timeout_s=settings.feedback_store_timeout_s,
     )

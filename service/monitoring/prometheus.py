@@ -114,6 +114,11 @@ class ServiceMetrics:
             ["operation"],
             registry=r,
         )
+        self.records_dropped = Counter(
+            "confidence_feedback_records_dropped",
+            "Served responses not recorded because the record queue was full (the store is slow).",
+            registry=r,
+        )
 
     def init_calibration_series(self, adapter: str, version: str, method: str) -> None:
         """Create every feedback series of an adapter version at 0, so that Prometheus sees

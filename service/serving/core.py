@@ -3,19 +3,25 @@
 Routes call `ConfidenceService`; it owns prompt rendering, length limits, adapter
 resolution and the confidence math call. Every request awaits the engine directly
 (no lock, no worker), so concurrent requests — and all items of one /score — reach
-vLLM together and are batched.
+vLLM together and are batched. Rendering and tokenizing are CPU work that grows with the
+input, so they run on a small thread pool, never on the event loop (which must keep
+answering /health), and only after a character limit derived from the model's context
+has refused text that could never fit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from service.api.protocol import (
     AdapterInfo,
+    GenerateDelta,
     GenerateRequest,
     GenerateResponse,
     Method,
@@ -25,9 +31,24 @@ from service.api.protocol import (
     Usage,
 )
 from service.calibration import query as cq
-from service.engine.base import Engine, LoRA, SamplingOptions
+from service.engine.base import Completion, Engine, LoRA, SamplingOptions, StreamDelta, TokenLogprob
 from service.errors import InvalidRequestError, PromptTooLongError
 from service.lora.registry import AdapterRegistry
+
+T = TypeVar("T")
+# When a tokenizer does not list its vocabulary: a generous bound on characters per token.
+DEFAULT_CHARS_PER_TOKEN = 32
+
+
+def chars_per_token_bound(tokenizer: Any) -> int:
+    """The longest token's length in characters: no text longer than `tokens × this` fits in
+    `tokens` tokens, so a character count can refuse hopeless input before tokenizing it.
+    (Byte-level vocabularies spell each byte as one character, so a token's string is never
+    shorter than the text it stands for.)"""
+    get_vocab = getattr(tokenizer, "get_vocab", None)
+    if get_vocab is None:
+        return DEFAULT_CHARS_PER_TOKEN
+    return max(1, max((len(token) for token in get_vocab()), default=DEFAULT_CHARS_PER_TOKEN))
 
 
 @dataclass(frozen=True)
@@ -37,6 +58,12 @@ class Limits:
     max_tokens_limit: int
     max_score_items: int
     query_reserve_tokens: int
+    # Characters across one confidence query's text (all messages + answer, or one /score
+    # item); set at start-up from the tokenizer (`chars_per_token_bound`).
+    max_input_chars: int | None = None
+
+    def input_chars_limit(self) -> int:
+        return self.max_input_chars or self.max_model_len * DEFAULT_CHARS_PER_TOKEN
 
 
 @dataclass(frozen=True)
@@ -49,14 +76,182 @@ class ConfidenceReader:
     info: AdapterInfo | None
 
 
+@dataclass(frozen=True)
+class Prompt:
+    """A tokenized prompt and the question its answers are scored against."""
+
+    ids: list[int]
+    question: list[cq.Message]
+    param: str  # the request field it came from, for errors
+
+
+@dataclass(frozen=True)
+class Answer:
+    completion: Completion
+    confidence: float
+
+
+@dataclass(frozen=True)
+class Answers:
+    prompt_tokens: int
+    choices: list[Answer]
+
+
+@dataclass(frozen=True)
+class ChoiceText:
+    """Text one choice generated since its previous event."""
+
+    index: int
+    text: str
+    logprobs: tuple[TokenLogprob, ...] | None
+
+
+@dataclass(frozen=True)
+class ChoiceDone:
+    """A choice's end: the whole answer and its confidence."""
+
+    index: int
+    completion: Completion
+    confidence: float
+
+
+class _AnswerStream:
+    """One streamed request: a task reads the engine stream into a queue and starts each
+    choice's confidence read as that choice ends; `events` drains the queue."""
+
+    def __init__(
+        self,
+        service: ConfidenceService,
+        prompt: Prompt,
+        options: SamplingOptions,
+        reader: ConfidenceReader,
+        deltas: AsyncGenerator[StreamDelta, None],
+    ) -> None:
+        self.service, self.prompt, self.options, self.reader = service, prompt, options, reader
+        self.deltas = deltas
+        self.queue: asyncio.Queue[ChoiceText | ChoiceDone | BaseException] = asyncio.Queue()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.queue.put_nowait(task.exception())  # type: ignore[arg-type]
+
+    async def _generate(self) -> None:
+        texts = [""] * self.options.n
+        tokens = [0] * self.options.n
+        logprobs: list[list[TokenLogprob]] = [[] for _ in range(self.options.n)]
+        async with aclosing(self.deltas) as deltas:
+            async for delta in deltas:
+                i = delta.index
+                texts[i] += delta.text
+                tokens[i] += delta.tokens
+                logprobs[i].extend(delta.logprobs or ())
+                if delta.text or delta.logprobs:
+                    self.queue.put_nowait(ChoiceText(i, delta.text, delta.logprobs))
+                if delta.finish_reason is not None:
+                    lps = tuple(logprobs[i]) if self.options.logprobs is not None else None
+                    done = Completion(texts[i], delta.finish_reason, tokens[i], lps)
+                    self._spawn(self._score(i, done))
+
+    async def _score(self, index: int, completion: Completion) -> None:
+        ids = await self.service.query(self.prompt.question, completion.text, param=self.prompt.param)
+        self.queue.put_nowait(ChoiceDone(index, completion, await self.service.read(ids, self.reader)))
+
+    async def run(self) -> AsyncGenerator[ChoiceText | ChoiceDone, None]:
+        try:
+            self._spawn(self._generate())
+            remaining = self.options.n
+            while remaining:
+                event = await self.queue.get()
+                if isinstance(event, BaseException):
+                    raise event
+                remaining -= isinstance(event, ChoiceDone)
+                yield event
+        finally:
+            await self.cancel()
+            await self.deltas.aclose()  # if the engine stream never started
+
+    async def cancel(self) -> None:
+        """Cancel what still runs (closing vLLM's streams aborts their requests) and wait for it."""
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _generate_id() -> str:
+    return f"gen-{uuid.uuid4().hex}"
+
+
+def _generate_response(
+    response_id: str, prompt_tokens: int, completion: Completion, confidence: float, reader: ConfidenceReader
+) -> GenerateResponse:
+    return GenerateResponse(
+        id=response_id,
+        text=completion.text,
+        confidence=confidence,
+        method=reader.method,
+        adapter=reader.info,
+        usage=Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            total_tokens=prompt_tokens + completion.completion_tokens,
+        ),
+        finish_reason=completion.finish_reason,
+    )
+
+
+async def _generate_events(
+    events: AsyncGenerator[ChoiceText | ChoiceDone, None], prompt_tokens: int, reader: ConfidenceReader
+) -> AsyncGenerator[GenerateDelta | GenerateResponse, None]:
+    response_id = _generate_id()
+    async with aclosing(events):
+        async for event in events:
+            if isinstance(event, ChoiceText):
+                yield GenerateDelta(id=response_id, text=event.text)
+            else:
+                yield _generate_response(
+                    response_id, prompt_tokens, event.completion, event.confidence, reader
+                )
+
+
 class ConfidenceService:
     def __init__(
-        self, engine: Engine, registry: AdapterRegistry, labels: cq.LabelTokens, limits: Limits
+        self,
+        engine: Engine,
+        registry: AdapterRegistry,
+        labels: cq.LabelTokens,
+        limits: Limits,
+        *,
+        tokenizer_threads: int = 1,
     ) -> None:
         self.engine = engine
         self.registry = registry
         self.labels = labels
         self.limits = limits
+        # Few threads: the work is CPU-bound, and Hugging Face fast tokenizers are not safe to
+        # call from many threads at once ("Already borrowed"); vLLM uses one as well.
+        self._tokenize_pool = ThreadPoolExecutor(tokenizer_threads, thread_name_prefix="tokenize")
+
+    async def _off_loop(self, call: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, call)
+
+    def check_input_chars(self, texts: Sequence[str], *, param: str) -> None:
+        """Refuse, before any tokenizing, text that cannot fit the context however it tokenizes."""
+        total, limit = sum(map(len, texts)), self.limits.input_chars_limit()
+        if total > limit:
+            context = self.limits.max_model_len
+            raise PromptTooLongError(
+                f"{param} has {total} characters; this server accepts at most {limit} per request "
+                f"(its {context}-token context at most {limit // context} characters per token)",
+                param=param,
+            )
 
     @contextmanager
     def reader(self, method: Method, adapter: str | None) -> Iterator[ConfidenceReader]:
@@ -73,9 +268,11 @@ class ConfidenceService:
             info = AdapterInfo(name=loaded.name, version=loaded.version)
             yield ConfidenceReader(method, loaded.lora, loaded.temperature, info)
 
-    def query(self, question: list[cq.Message], answer: str, *, param: str) -> list[int]:
-        """Token ids of the confidence query, checked against the context length."""
-        ids = cq.query_ids(self.engine.tokenizer, question, answer)
+    async def query(self, question: list[cq.Message], answer: str, *, param: str) -> list[int]:
+        """Token ids of the confidence query (tokenized off the event loop), checked against
+        the context length."""
+        self.check_input_chars([*(m["content"] for m in question), answer], param=param)
+        ids = await self._off_loop(lambda: cq.query_ids(self.engine.tokenizer, question, answer))
         if len(ids) >= self.limits.max_model_len:
             raise PromptTooLongError(
                 f"question + answer + confidence query is {len(ids)} tokens; the model context is "
@@ -90,57 +287,113 @@ class ConfidenceService:
         )
         return cq.confidence(lp_no, lp_yes, temperature=reader.temperature)
 
-    def _max_tokens(self, request: GenerateRequest) -> int:
-        max_tokens = request.max_tokens or self.limits.default_max_tokens
+    def sampling(
+        self,
+        *,
+        max_tokens: int | None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+        n: int = 1,
+        logprobs: int | None = None,
+        max_tokens_param: str = "max_tokens",
+    ) -> SamplingOptions:
+        """Sampling options with the server's default and limit on max_tokens applied."""
+        max_tokens = max_tokens or self.limits.default_max_tokens
         if max_tokens > self.limits.max_tokens_limit:
             raise InvalidRequestError(
-                f"max_tokens {max_tokens} exceeds this server's limit {self.limits.max_tokens_limit}",
-                param="max_tokens",
+                f"{max_tokens_param} {max_tokens} exceeds this server's limit {self.limits.max_tokens_limit}",
+                param=max_tokens_param,
             )
-        return max_tokens
+        return SamplingOptions(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop=tuple(stop),
+            seed=seed,
+            n=n,
+            logprobs=logprobs,
+        )
+
+    async def chat_prompt(self, chat: list[cq.Message], *, param: str) -> Prompt:
+        """A chat ending in a user turn, rendered with the model's chat template (off the loop)."""
+        self.check_input_chars([m["content"] for m in chat], param=param)
+        tokenizer = self.engine.tokenizer
+        ids = await self._off_loop(lambda: cq.encode_rendered(tokenizer, cq.render(tokenizer, chat)))
+        return Prompt(ids, chat, param)
+
+    async def text_prompt(self, text: str, *, param: str) -> Prompt:
+        """Raw text continued as is (no chat template), as OpenAI's completions API does; its
+        answers are scored as answers to `text` asked as one user turn."""
+        self.check_input_chars([text], param=param)
+        ids = await self._off_loop(lambda: list(self.engine.tokenizer.encode(text, add_special_tokens=True)))
+        return Prompt(ids, [{"role": "user", "content": text}], param)
+
+    def check_fits(self, prompt: Prompt, options: SamplingOptions) -> None:
+        budget = self.limits.max_model_len - options.max_tokens - self.limits.query_reserve_tokens
+        if len(prompt.ids) > budget:
+            raise PromptTooLongError(
+                f"prompt is {len(prompt.ids)} tokens; with max_tokens={options.max_tokens} and "
+                f"{self.limits.query_reserve_tokens} tokens kept for the confidence query, at most "
+                f"{max(budget, 0)} fit the {self.limits.max_model_len}-token context",
+                param=prompt.param,
+            )
+
+    async def answer(self, prompt: Prompt, options: SamplingOptions, reader: ConfidenceReader) -> Answers:
+        """Generate `options.n` answers with the base model, then score them all at once
+        (only the confidence query uses the adapter)."""
+        self.check_fits(prompt, options)
+        result = await self.engine.generate(prompt.ids, options, lora=None)
+        queries = [await self.query(prompt.question, c.text, param=prompt.param) for c in result.completions]
+        scores = await asyncio.gather(*(self.read(ids, reader) for ids in queries))
+        choices = [Answer(c, s) for c, s in zip(result.completions, scores, strict=True)]
+        return Answers(result.prompt_tokens, choices)
+
+    def answer_stream(
+        self, prompt: Prompt, options: SamplingOptions, reader: ConfidenceReader
+    ) -> AsyncGenerator[ChoiceText | ChoiceDone, None]:
+        """Text as it is generated, then per choice a `ChoiceDone` with its confidence. Each
+        choice's confidence read starts the moment that choice ends, while the others may
+        still be generating. Closing the generator early cancels all of its engine work.
+
+        Raises (here, before any engine work, so a route can still answer 4xx):
+            PromptTooLongError, InvalidRequestError: the prompt or the options cannot be served.
+        """
+        self.check_fits(prompt, options)
+        deltas = self.engine.generate_stream(prompt.ids, options, lora=None)
+        return _AnswerStream(self, prompt, options, reader, deltas).run()
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
         with self.reader(request.method, request.adapter) as reader:  # fail fast, before generating
             return await self._generate(request, reader)
 
-    async def _generate(self, request: GenerateRequest, reader: ConfidenceReader) -> GenerateResponse:
-        max_tokens = self._max_tokens(request)
-        chat = request.chat()
-        tokenizer = self.engine.tokenizer
-        prompt_ids = cq.encode_rendered(tokenizer, cq.render(tokenizer, chat))
-        budget = self.limits.max_model_len - max_tokens - self.limits.query_reserve_tokens
-        if len(prompt_ids) > budget:
-            raise PromptTooLongError(
-                f"prompt is {len(prompt_ids)} tokens; with max_tokens={max_tokens} and "
-                f"{self.limits.query_reserve_tokens} tokens kept for the confidence query, at most "
-                f"{max(budget, 0)} fit the {self.limits.max_model_len}-token context",
-                param="messages" if request.messages is not None else "prompt",
-            )
-        options = SamplingOptions(
-            max_tokens=max_tokens,
+    async def generate_inputs(self, request: GenerateRequest) -> tuple[Prompt, SamplingOptions]:
+        """The prompt and sampling options of a native /generate request."""
+        param = "messages" if request.messages is not None else "prompt"
+        options = self.sampling(
+            max_tokens=request.max_tokens,
             temperature=request.temperature,
             top_p=request.top_p,
-            stop=tuple(request.stop or ()),
+            stop=request.stop or (),
             seed=request.seed,
         )
-        # The answer comes from the base model; only the confidence query uses the adapter.
-        result = await self.engine.generate(prompt_ids, options, lora=None)
-        completion = result.completions[0]
-        param = "messages" if request.messages is not None else "prompt"
-        score = await self.read(self.query(chat, completion.text, param=param), reader)
-        return GenerateResponse(
-            id=f"gen-{uuid.uuid4().hex}",
-            text=completion.text,
-            confidence=score,
-            method=reader.method,
-            adapter=reader.info,
-            usage=Usage(
-                prompt_tokens=result.prompt_tokens,
-                completion_tokens=completion.completion_tokens,
-                total_tokens=result.prompt_tokens + completion.completion_tokens,
-            ),
-            finish_reason=completion.finish_reason,
+        return await self.chat_prompt(request.chat(), param=param), options
+
+    async def _generate(self, request: GenerateRequest, reader: ConfidenceReader) -> GenerateResponse:
+        prompt, options = await self.generate_inputs(request)
+        answers = await self.answer(prompt, options, reader)
+        choice = answers.choices[0]
+        return _generate_response(
+            _generate_id(), answers.prompt_tokens, choice.completion, choice.confidence, reader
         )
+
+    def generate_stream(
+        self, prompt: Prompt, options: SamplingOptions, reader: ConfidenceReader
+    ) -> AsyncGenerator[GenerateDelta | GenerateResponse, None]:
+        """/generate's stream: the answer in pieces as generated, then the whole response.
+        Raises like `answer_stream`, at the call."""
+        return _generate_events(self.answer_stream(prompt, options, reader), len(prompt.ids), reader)
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
         if len(request.items) > self.limits.max_score_items:
@@ -155,7 +408,11 @@ class ConfidenceService:
         # Tokenize and length-check every item before submitting any: a bad item fails
         # the request before any engine work starts.
         queries = [
-            self.query([{"role": "user", "content": item.question}], item.answer, param=f"items[{i}]")
+            await self.query(
+                cq.question_chat(messages=item.turns(), context=item.context),
+                item.answer,
+                param=f"items[{i}]",
+            )
             for i, item in enumerate(request.items)
         ]
         scores = await asyncio.gather(*(self.read(ids, reader) for ids in queries))
