@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from adapters.calibrate import apply_temperature
-from adapters.data import GradedRecord, read_graded_jsonl, stable_seed
+from adapters.data import GradedRecord, stable_seed
 from adapters.report import write_report
 from service.calibration.metrics import nan_to_none
 from service.calibration.records import read_records
@@ -73,7 +73,7 @@ def eval_sets(config: EvalConfig) -> dict[str, list[GradedRecord]]:
     """Held-out sets: MMLU test; open-ended test splits (together and per source); other MC tests."""
     sets: dict[str, list[GradedRecord]] = {}
     if config.mmlu is not None:
-        mmlu = [r for r in read_graded_jsonl(config.mmlu) if r.meta.get("mmlu_split", r.split) == "test"]
+        mmlu = [r for r in read_records([config.mmlu]) if r.meta.get("mmlu_split", r.split) == "test"]
         sets["mmlu_test"] = subsample(mmlu, config.max_mmlu, config.seed)
     test = read_records(config.graded, split="test")
     open_ended = subsample([r for r in test if r.kind in OPEN_KINDS], config.max_per_set, config.seed)

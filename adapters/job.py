@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 
 from adapters.calibrate import apply_temperature
-from adapters.data import GradedRecord, read_graded_jsonl
 from adapters.train import SUMMARY_FILE, count_by_source, read_split, train
 from adapters.train_config import QueryTrainingArguments, TrainConfig
 from service.calibration.metrics import (
@@ -46,6 +45,7 @@ from service.calibration.metrics import (
     nan_to_none,
     nll,
 )
+from service.calibration.records import GradedRecord, read_records
 from service.engine.base import LoRA
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def calibration_records(config: TrainConfig, job: JobConfig) -> list[GradedRecor
     if job.mmlu:
         records += [
             r
-            for r in read_graded_jsonl(Path(job.mmlu))
+            for r in read_records([job.mmlu])
             if r.meta.get("mmlu_split") == "validation" or r.meta.get("mmlu_split") == "val"
         ]
     if not records:
