@@ -64,11 +64,11 @@ RUN --mount=type=bind,source=deploy/docker,target=/src/deploy/docker \
 FROM cpu-deps AS cpu-model
 RUN --mount=type=bind,source=service/__init__.py,target=/src/service/__init__.py \
     --mount=type=bind,source=service/errors.py,target=/src/service/errors.py \
-    --mount=type=bind,source=service/model_fetch.py,target=/src/service/model_fetch.py \
+    --mount=type=bind,source=service/engine/model_fetch.py,target=/src/service/engine/model_fetch.py \
     --mount=type=secret,id=pip_ca \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
  && PYTHONPATH=/src /opt/confidence/venv/bin/python -c \
-        "from pathlib import Path; from service.model_fetch import ensure_default_model as f; print(f(Path('/opt/confidence/models')))" \
+        "from pathlib import Path; from service.engine.model_fetch import ensure_default_model as f; print(f(Path('/opt/confidence/models')))" \
  && rm -f /opt/confidence/models/*.lock \
  && chmod -R a+rX /opt/confidence/models
 

@@ -1,7 +1,7 @@
 """Temperature scaling of the uncertainty query's logit gap.
 
 The served confidence is ``sigmoid(g / T)`` with ``g = logit(yes) - logit(no)`` (see
-:func:`service.confidence.confidence`). One scalar ``T`` is fitted on held-out labelled
+:func:`service.calibration.query.confidence`). One scalar ``T`` is fitted on held-out labelled
 items by minimizing NLL; it rescales every gap by the same positive factor, so it changes
 calibration but never the ranking (AUROC is unchanged).
 """
@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from adapters.metrics import FloatArray, ece
+from service.calibration.metrics import FloatArray, ece
 
 # Wide enough for any sane adapter (T near 1); the bounds keep the fit finite when the
 # labels are all equal or perfectly separated, where the unbounded optimum is T -> 0.
@@ -57,9 +57,9 @@ def _check_temperature(temperature: float) -> None:
 
 
 def apply_temperature(g: ArrayLike, temperature: float) -> FloatArray:
-    """Confidences ``sigmoid(g / T)``, the vectorized twin of service.confidence.confidence.
+    """Confidences ``sigmoid(g / T)``, the vectorized twin of service.calibration.query.confidence.
 
-    Uses scipy's ``expit``, which is stable for large |g| as service.confidence.sigmoid is.
+    Uses scipy's ``expit``, which is stable for large |g| as service.calibration.query.sigmoid is.
     """
     from scipy.special import expit
 

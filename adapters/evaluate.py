@@ -26,10 +26,10 @@ import numpy as np
 
 from adapters.calibrate import apply_temperature
 from adapters.data import GradedRecord, read_graded_jsonl, stable_seed
-from adapters.metrics import confidence_histogram, nan_to_none
 from adapters.report import write_report
+from service.calibration.metrics import confidence_histogram, nan_to_none
 from service.engine.base import Engine, LoRA
-from service.manifest import AdapterManifest, ReferenceHistogram
+from service.lora.manifest import AdapterManifest, ReferenceHistogram
 
 log = logging.getLogger(__name__)
 

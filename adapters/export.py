@@ -2,7 +2,7 @@
 
 The exported directory holds exactly what vLLM and the service read:
 `adapter_config.json`, `adapter_model.safetensors` and `manifest.json`
-(`service.manifest.AdapterManifest`). It is written to a temporary directory beside
+(`service.lora.manifest.AdapterManifest`). It is written to a temporary directory beside
 the target and renamed into place, so the service never sees half an export.
 
 Example:
@@ -25,8 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from service.confidence import QUERY_TEMPLATE_VERSION, label_tokens
-from service.manifest import (
+from service.calibration.query import QUERY_TEMPLATE_VERSION, label_tokens
+from service.lora.manifest import (
     NAME_PATTERN,
     AdapterManifest,
     BaseModelIdentity,

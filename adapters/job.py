@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +28,9 @@ import numpy as np
 
 from adapters.calibrate import apply_temperature
 from adapters.data import GradedRecord, read_graded_jsonl
-from adapters.metrics import accuracy, ece, mean_confidence
-from adapters.train import SUMMARY_FILE, TrainConfig, count_by_source, train
+from adapters.train import SUMMARY_FILE, count_by_source, read_split, train
+from adapters.train_config import QueryTrainingArguments, TrainConfig
+from service.calibration.metrics import accuracy, ece, mean_confidence
 from service.engine.base import LoRA
 
 log = logging.getLogger(__name__)
@@ -36,7 +39,10 @@ log = logging.getLogger(__name__)
 @dataclass
 class JobConfig:
     name: str = field(default="smollm2-135m-uncertainty", metadata={"help": "exported adapter name"})
-    version: str = field(default="v1", metadata={"help": "exported adapter version (immutable)"})
+    version: str | None = field(
+        default=None,
+        metadata={"help": "exported adapter version (immutable); default: the next free vN under the name"},
+    )
     export_root: str = field(default="adapters/exported", metadata={"help": "adapter root the service reads"})
     mmlu: str | None = field(
         default=None, metadata={"help": "graded MMLU JSONL; its val questions join T fitting"}
@@ -44,19 +50,39 @@ class JobConfig:
     base_model_name: str | None = field(default=None, metadata={"help": "manifest base-model name"})
 
 
-def split_records(config: TrainConfig, split: str) -> list[GradedRecord]:
-    """One split of the training files, without the sources training leaves out."""
-    excluded = set(config.exclude_sources)
-    return [
-        r
-        for path in config.train_files
-        for r in read_graded_jsonl(Path(path))
-        if r.split == split and r.source not in excluded
+def next_free_version(name_dir: Path) -> str:
+    """v<N+1> after the highest vN under name_dir (hidden staging directories included,
+    so two jobs started together do not pick the same one); v1 for a new name."""
+    numbers = [
+        int(match.group(1))
+        for path in (name_dir.iterdir() if name_dir.is_dir() else [])
+        if (match := re.fullmatch(r"\.?v(\d+)(\..*)?", path.name))
     ]
+    return f"v{max(numbers, default=0) + 1}"
+
+
+def target_version(job: JobConfig) -> Path:
+    """The export directory this job will write, checked before any training: a taken
+    version fails in seconds instead of after the run.
+
+    Raises:
+        ValueError: a bad name or version.
+        FileExistsError: that version already exists (versions are immutable).
+    """
+    from adapters.export import check_name
+
+    check_name("name", job.name)
+    name_dir = Path(job.export_root) / job.name
+    version = job.version or next_free_version(name_dir)
+    check_name("version", version)
+    target = name_dir / version
+    if target.exists():
+        raise FileExistsError(f"{target} already exists; choose a new --version (versions are immutable)")
+    return target
 
 
 def calibration_records(config: TrainConfig, job: JobConfig) -> list[GradedRecord]:
-    records = split_records(config, "calibration")
+    records = read_split(config, "calibration")
     if job.mmlu:
         records += [
             r
@@ -116,25 +142,38 @@ def training_data_summary(config: TrainConfig, adapter_dir: Path) -> dict[str, A
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     return {
         "files": [Path(p).name for p in config.train_files],
-        "split": "train",
-        "per_source": count_by_source((r.source, r.correct) for r in split_records(config, "train")),
+        "split": config.split,
+        "per_source": count_by_source((r.source, r.correct) for r in read_split(config, config.split)),
         # Counted by train() as it built them: reloading the QA bundle here would repeat that work.
         "every_choice_per_source": summary.get("every_choice_per_source", {}),
         "training": summary,
     }
 
 
-def run_job(config: TrainConfig, job: JobConfig) -> Path:
+def run_job(config: TrainConfig, args: QueryTrainingArguments, job: JobConfig) -> Path | None:
+    """Train, fit T on held-out data, export; returns the exported directory.
+
+    Under `torchrun` / `accelerate launch` every process trains; the main process then
+    fits and exports alone, and the others return None.
+    """
     from adapters.export import export_adapter
 
-    adapter_dir = train(config)
+    if config.split != "train":
+        raise ValueError(
+            f"split: the job trains on the train split (got {config.split!r}); the temperature is "
+            "fitted on the calibration split, which must stay unseen by training"
+        )
+    target = target_version(job)
+    adapter_dir = train(config, args)
+    if not is_main_process():
+        return None
     fit = fit_served_temperature(config.model, adapter_dir, calibration_records(config, job))
     log.info("temperature %.3f (NLL %.4f -> %.4f)", fit["temperature"], fit["nll_before"], fit["nll_after"])
     return export_adapter(
         adapter_dir,
         out_root=job.export_root,
         name=job.name,
-        version=job.version,
+        version=target.name,
         base_model_dir=config.model,
         temperature=fit["temperature"],
         training_data=training_data_summary(config, adapter_dir),
@@ -142,3 +181,8 @@ def run_job(config: TrainConfig, job: JobConfig) -> Path:
         reference_histogram=None,
         base_model_name=job.base_model_name,
     )
+
+
+def is_main_process() -> bool:
+    """True unless this is a non-zero rank of a distributed launch (torchrun sets RANK)."""
+    return int(os.environ.get("RANK", "0")) == 0

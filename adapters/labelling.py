@@ -49,7 +49,7 @@ from adapters.data import (
     mc_answer_text,
 )
 from adapters.grading import grade
-from service.confidence import Message, encode_rendered, render
+from service.calibration.query import Message, encode_rendered, render
 from service.engine.base import SamplingOptions
 
 if TYPE_CHECKING:
@@ -376,7 +376,7 @@ def collect_items(config: LabelConfig) -> list[QAItem]:
 
 def resolve_model(model: str | None) -> str:
     """The model path to label with; unset means the embedded model (fetched if needed)."""
-    from service.lifecycle import resolve_model as resolve_served_model
+    from service.serving.lifecycle import resolve_model as resolve_served_model
     from service.settings import Settings
 
     return resolve_served_model(Settings(model=model))

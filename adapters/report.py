@@ -4,7 +4,7 @@ Input is ``results[eval_set][method] = (p, y)``: confidences and correctness lab
 every method of one eval set scored on the same items in the same order (the paired
 bootstrap for ΔAUROC relies on it). Output, in ``out_dir``:
 
-- ``report.json``: metadata plus :func:`adapters.metrics.summarize` per set and method, and
+- ``report.json``: metadata plus :func:`service.calibration.metrics.summarize` per set and method, and
   the paired ΔAUROC against the baseline method;
 - ``report.md``: one headline table per eval set;
 - ``reliability.png``: one reliability-diagram panel per eval set, one curve per method.
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from adapters.metrics import nan_to_none, paired_bootstrap_auroc_diff, summarize
+from service.calibration.metrics import nan_to_none, paired_bootstrap_auroc_diff, summarize
 
 Results = Mapping[str, Mapping[str, tuple[ArrayLike, ArrayLike]]]
 
@@ -170,7 +170,7 @@ def write_report(
     Returns the report dict (as written to report.json; see :func:`build_report`).
 
     Raises:
-        ValueError: invalid confidences or labels (see adapters.metrics.as_arrays).
+        ValueError: invalid confidences or labels (see service.calibration.metrics.as_arrays).
     """
     report = build_report(results, metadata=metadata, n_boot=n_boot, seed=seed, baseline=baseline)
     out_dir = Path(out_dir)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from adapters.data import GradedRecord, Kind, QAItem, stable_seed
 from adapters.grading import answer_window, extract_number, normalize_answer
 from adapters.labelling import answer_messages
-from service import confidence as cq
+from service.calibration import query as cq
 from service.engine.base import Engine, LoRA, SamplingOptions
 
 T = TypeVar("T")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.adapter_files import newest_version_dir
+from service.lora.files import newest_version_dir
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"
@@ -258,7 +258,7 @@ async def in_process_service(settings: Any, engine: Any = None) -> AsyncIterator
     With `engine=None` a VLLMEngine is built from `settings` and shut down afterwards; a
     given (already started) engine is shared and left running, as the smoke test does.
     """
-    from service.lifecycle import start_service
+    from service.serving.lifecycle import start_service
 
     owned = engine is None
     engine, service, ops = await start_service(settings, engine)

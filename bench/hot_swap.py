@@ -31,7 +31,7 @@ NEW_VERSION = "swap-v2"
 
 def scratch_root(adapter: Path, into: Path) -> Path:
     """<into>/<name>/{v1,swap-v2}: the adapter twice, manifests naming their own version."""
-    from service.manifest import AdapterManifest
+    from service.lora.manifest import AdapterManifest
 
     name = adapter.parent.name
     for version in ("v1", NEW_VERSION):

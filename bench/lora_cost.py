@@ -53,7 +53,7 @@ def plugin_enabled() -> bool:
 
 async def measure_arm(args: argparse.Namespace, engine: Any = None) -> dict[str, Any]:
     """Per-request prefill time, base vs LoRA, at each batch size, in this process."""
-    from service import confidence as cq
+    from service.calibration import query as cq
     from service.engine.cpu_lora_patch import should_patch
 
     async with in_process_service(settings_for(args), engine) as (service, _):

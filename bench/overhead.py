@@ -30,9 +30,9 @@ NAME = "overhead"
 
 
 async def measure(args: argparse.Namespace, engine: Any = None) -> dict[str, Any]:
-    from service import confidence as cq
+    from service.api.protocol import GenerateRequest
+    from service.calibration import query as cq
     from service.engine.base import SamplingOptions
-    from service.protocol import GenerateRequest
 
     settings = settings_for(
         args, default_max_tokens=args.max_tokens, max_tokens_limit=max(args.max_tokens, 1024)

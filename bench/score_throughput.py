@@ -65,8 +65,8 @@ def naive_arm(args: argparse.Namespace, pool: list[dict[str, str]], temperature:
     from peft import PeftModel
 
     from adapters.train import label_logit_gaps, load_base
-    from service.confidence import sigmoid
-    from service.lifecycle import resolve_model
+    from service.calibration.query import sigmoid
+    from service.serving.lifecycle import resolve_model
 
     model_dir = args.model or resolve_model(settings_for(args))
     base, tokenizer = load_base(model_dir, "float32")
@@ -84,7 +84,7 @@ def naive_arm(args: argparse.Namespace, pool: list[dict[str, str]], temperature:
 
 
 async def measure(args: argparse.Namespace, engine: Any = None) -> dict[str, Any]:
-    from service.manifest import AdapterManifest
+    from service.lora.manifest import AdapterManifest
 
     pool = items(512)
     server = await server_arm(args, engine, pool)

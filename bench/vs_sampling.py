@@ -6,7 +6,7 @@ engine: LoRA + Prompt is one prefill per item through the adapter (adapters/scor
 `query_gaps`, temperature-scaled as served); self-consistency samples k answers per item
 and scores agreement with the greedy answer (`self_consistency`). Reports the wall time of
 each for the same items, the cost ratio, and AUROC / ECE / Brier side by side
-(adapters/metrics.py).
+(service/calibration/metrics.py).
 
     python -m bench.vs_sampling            # full: 150 items
     python -m bench.vs_sampling --quick    # smoke run: 6 items, k = 3
@@ -35,7 +35,7 @@ def held_out(limit: int) -> list[Any]:
 
 
 def quality(p: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
-    from adapters import metrics
+    from service.calibration import metrics
 
     return metrics.nan_to_none(
         {"auroc": metrics.auroc(p, y), "ece": metrics.ece(p, y), "brier": metrics.brier(p, y)}

@@ -9,16 +9,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service import error_mapping, middleware
-from service.admission import Admission
-from service.deadline import Deadline
+from service.api import error_mapping, middleware
+from service.api.routes import adapter_admin, feedback, generate, health, monitoring, score
 from service.engine.base import Engine
-from service.lifecycle import Phase, ServiceState, start_service
-from service.metrics import RequestMetricsMiddleware
-from service.monitoring import monitor_for
-from service.routes import adapters, feedback, generate, health, monitoring, score
+from service.monitoring.monitor import monitor_for
+from service.monitoring.prometheus import RequestMetricsMiddleware
+from service.serving.admission import Admission
+from service.serving.deadline import Deadline
+from service.serving.lifecycle import Phase, ServiceState, start_service
+from service.serving.watchdog import watch_engine
 from service.settings import Settings
-from service.watchdog import watch_engine
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,6 @@ def build_app(
         adapter_label=app.state.monitor.adapter_label,
     )
     error_mapping.install(app)
-    for module in (generate, score, adapters, health, feedback, monitoring):
+    for module in (generate, score, adapter_admin, health, feedback, monitoring):
         app.include_router(module.router)
     return app

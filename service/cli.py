@@ -1,9 +1,9 @@
-"""`confidence` command line: serve, fetch the embedded model, and the training job."""
+"""`confidence` command line: serve, fetch the embedded model, admin and feedback commands, and
+the commands installed packages plug in (the training job's label/train/eval)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -53,7 +53,7 @@ def _serve(_: argparse.Namespace) -> int:
 
 def _fetch_model(_: argparse.Namespace) -> int:
     from service.errors import ModelFetchError
-    from service.lifecycle import resolve_model
+    from service.serving.lifecycle import resolve_model
     from service.settings import Settings
 
     try:
@@ -108,48 +108,22 @@ def _feedback_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     export.set_defaults(func=_feedback_export)
 
 
-def _label(args: argparse.Namespace) -> int:
-    from adapters.labelling import main as label_main
-
-    return label_main(args.rest)
-
-
-def _dataclass_args(types: tuple[type, ...], argv: list[str]) -> tuple[object, ...]:
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser(types)  # type: ignore[arg-type]
-    return tuple(parser.parse_args_into_dataclasses(args=argv))
+# Commands other installed packages add (the training job's label/train/eval): their
+# options belong to their own parsers, so their arguments pass through untouched.
+PLUGIN_GROUP = "confidence.commands"
 
 
-def _train(args: argparse.Namespace) -> int:
-    from adapters.job import JobConfig, run_job
-    from adapters.labelling import resolve_model
-    from adapters.train import TrainConfig
+def plugin_commands() -> dict[str, Callable[[list[str]], int]]:
+    """Installed plugin commands by name; each takes its raw arguments and returns an exit code."""
+    from importlib.metadata import entry_points
 
-    argv = list(args.rest)
-    if "--model" not in argv:  # default: the embedded model, fetched if needed
-        argv = ["--model", resolve_model(None), *argv]
-    train_config, job = _dataclass_args((TrainConfig, JobConfig), argv)
-    print(run_job(train_config, job))  # type: ignore[arg-type]
-    return 0
-
-
-def _eval(args: argparse.Namespace) -> int:
-    from adapters.evaluate import EvalConfig, evaluate
-
-    (config,) = _dataclass_args((EvalConfig,), list(args.rest))
-    report = evaluate(config)  # type: ignore[arg-type]
-    print(json.dumps({k: list(v) for k, v in report["eval_sets"].items()}))
-    return 0
-
-
-# Subcommands whose options belong to the training job's own parsers: their arguments
-# are passed through untouched (`confidence train --help` shows them).
-PASSTHROUGH = {
-    "label": ("generate and grade the base model's answers (training data)", _label),
-    "train": ("train, calibrate and export an uncertainty adapter", _train),
-    "eval": ("evaluate an exported adapter against the baselines; write its report", _eval),
-}
+    commands = {}
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            commands[ep.name] = ep.load()
+        except ImportError as exc:  # a plugin whose package is broken must not break `serve`
+            log.warning("command %r not available: %s", ep.name, exc)
+    return commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,18 +139,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     admin_client.add_parser(sub)
     _feedback_parser(sub)
-    for name, (help_text, func) in PASSTHROUGH.items():
-        passthrough = sub.add_parser(name, help=help_text, add_help=False)
+    for name, command in plugin_commands().items():
+        summary = (command.__doc__ or "").strip().splitlines()
+        passthrough = sub.add_parser(name, help=summary[0] if summary else None, add_help=False)
         passthrough.add_argument("rest", nargs=argparse.REMAINDER)
-        passthrough.set_defaults(func=func)
+        passthrough.set_defaults(func=lambda args, command=command: command(list(args.rest)))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in PASSTHROUGH:  # argparse would swallow their --help and options
-        return PASSTHROUGH[argv[0]][1](argparse.Namespace(rest=argv[1:]))
+    plugins = plugin_commands() if argv else {}
+    if argv and argv[0] in plugins:  # argparse would swallow their --help and options
+        return plugins[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     return func(args)

@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from service.adapter_files import CONFIG_FILE
 from service.engine.base import Completion, Engine, GenerationResult, LoRA, SamplingOptions
 from service.engine.cpu import cpu_has_native_bf16
 from service.errors import (
@@ -23,6 +22,7 @@ from service.errors import (
     EngineNotReadyError,
     InvalidRequestError,
 )
+from service.lora.files import CONFIG_FILE
 
 if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters.data import GradedRecord
+from service.calibration.records import GradedRecord
 from service.feedback.store import Outcome, OutcomeStore
 
 

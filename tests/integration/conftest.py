@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from service import confidence as cq
-from service.confidence import QUERY_TEMPLATE_VERSION
+from service.calibration import query as cq
+from service.calibration.query import QUERY_TEMPLATE_VERSION
 from service.engine.base import LoRA
-from service.manifest import AdapterManifest, weights_fingerprint
+from service.lora.manifest import AdapterManifest, weights_fingerprint
 from service.settings import Settings
 from tests.tiny_model import build_tiny_model
 

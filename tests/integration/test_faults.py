@@ -17,8 +17,8 @@ import pytest
 import pytest_asyncio
 
 from bench.common import serve_app
-from service import confidence as cq
 from service.app import build_app
+from service.calibration import query as cq
 from service.engine.base import LoRA, SamplingOptions
 from service.errors import AdapterUnavailableError
 from tests.integration.conftest import started_engine, tiny_settings

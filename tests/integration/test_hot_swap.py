@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from service.app import build_app
-from service.manifest import AdapterManifest
+from service.lora.manifest import AdapterManifest
 from service.settings import Settings
 from tests.http_server import serve_in_thread
 from tests.integration.conftest import make_random_lora, tiny_settings, write_manifest

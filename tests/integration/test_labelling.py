@@ -10,7 +10,7 @@ import pytest
 
 from adapters import labelling
 from adapters.data import QAItem, read_graded_jsonl
-from service.confidence import encode_rendered, render
+from service.calibration.query import encode_rendered, render
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 

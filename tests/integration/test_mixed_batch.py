@@ -12,7 +12,7 @@ import asyncio
 
 import pytest
 
-from service import confidence as cq
+from service.calibration import query as cq
 from service.engine.base import SamplingOptions
 from tests.integration.conftest import lora
 

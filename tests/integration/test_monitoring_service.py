@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from adapters.data import read_graded_jsonl
-from service.manifest import AdapterManifest, ReferenceHistogram
+from service.lora.manifest import AdapterManifest, ReferenceHistogram
 from tests.e2e.conftest import free_port, wait_ready
 from tests.monitoring_helpers import assert_rules_give, hand_calibration, series_from_scrapes
 

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import build_app
-from service.manifest import AdapterManifest
+from service.lora.manifest import AdapterManifest
 from tests.integration.conftest import tiny_settings
 from tests.unit.conftest import wait_ready
 

@@ -17,18 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adapters.export import export_adapter, forbidden_tensors
-from adapters.train import (
-    CONFIG_FILE,
-    TrainConfig,
-    build_peft_model,
-    label_logit_gaps,
-    latest_checkpoint,
-    load_base,
-    train,
-)
-from service.confidence import QUERY_TEMPLATE_VERSION, label_tokens, query_ids
-from service.manifest import AdapterManifest, weights_fingerprint
+from adapters.export import export_adapter
+from adapters.train import CONFIG_FILE, build_peft_model, label_logit_gaps, load_base, train
+from adapters.train_config import QueryTrainingArguments, TrainConfig
+from service.calibration.query import QUERY_TEMPLATE_VERSION, label_tokens, query_ids
+from service.lora.files import FORBIDDEN_TENSOR_PARTS
+from service.lora.manifest import AdapterManifest, weights_fingerprint
 from tests.tiny_model import build_tiny_model, tokenizer_source
 
 pytestmark = pytest.mark.integration
@@ -48,7 +42,7 @@ def fake_records(n: int = 32, *, seed: int = 0) -> list[dict]:
             {
                 "id": f"fake-{i}",
                 "source": "fake",
-                "kind": "arithmetic",
+                "kind": "numeric",
                 "split": "train" if i < n - 4 else "test",
                 "question": f"What is {a} plus {b}?",
                 "answer": f"The answer is {a + b if correct else a + b + rng.randint(1, 9)}.",
@@ -81,23 +75,29 @@ def records() -> list[dict]:
 def config(
     tiny_model_dir: Path, records: list[dict], tmp_path_factory: pytest.TempPathFactory
 ) -> TrainConfig:
-    root = tmp_path_factory.mktemp("run")
-    data = root / "graded.jsonl"
+    data = tmp_path_factory.mktemp("data") / "graded.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
     return TrainConfig(
-        model=str(tiny_model_dir),
-        train_files=[str(data)],
-        output_dir=str(root / "out"),
-        batch_size=4,
+        model=str(tiny_model_dir), train_files=[str(data)], dtype="float32", kl_weight=0.05, num_threads=2
+    )
+
+
+@pytest.fixture(scope="module")
+def args(tmp_path_factory: pytest.TempPathFactory) -> QueryTrainingArguments:
+    return QueryTrainingArguments(
+        output_dir=str(tmp_path_factory.mktemp("run") / "out"),
+        per_device_train_batch_size=4,
         max_steps=STEPS,
         warmup_steps=1,
         # Ten times the default, so that six steps move the gaps well above numerical noise.
         learning_rate=1e-3,
-        dtype="float32",
-        checkpoint_every=3,
-        kl_weight=0.05,
-        num_threads=2,
+        save_steps=3,
+        disable_tqdm=True,
     )
+
+
+def forbidden_tensors(names: list[str]) -> list[str]:
+    return [n for n in names if any(part in n for part in FORBIDDEN_TENSOR_PARTS)]
 
 
 @pytest.fixture(scope="module")
@@ -106,9 +106,11 @@ def base_gaps(tiny_model_dir: Path, records: list[dict]) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def trained(config: TrainConfig, tiny_model_dir: Path, base_gaps: np.ndarray) -> Path:
+def trained(
+    config: TrainConfig, args: QueryTrainingArguments, tiny_model_dir: Path, base_gaps: np.ndarray
+) -> Path:
     fingerprint = weights_fingerprint(tiny_model_dir)
-    adapter = train(config)
+    adapter = train(config, args)
     assert weights_fingerprint(tiny_model_dir) == fingerprint, "training wrote to the base model"
     return adapter
 
@@ -122,15 +124,19 @@ def test_only_lora_weights_are_trainable(config: TrainConfig) -> None:
 
 
 def test_training_moves_the_adapter_not_the_base(
-    trained: Path, config: TrainConfig, records: list[dict], base_gaps: np.ndarray
+    trained: Path,
+    config: TrainConfig,
+    args: QueryTrainingArguments,
+    records: list[dict],
+    base_gaps: np.ndarray,
 ) -> None:
     from safetensors.torch import load_file
 
     tensors = load_file(str(trained / "adapter_model.safetensors"))
     lora_b = [t for name, t in tensors.items() if "lora_B" in name]
     assert lora_b and all(t.abs().max() > 0 for t in lora_b), "lora_B is still at its zero init"
-    assert not forbidden_tensors(tensors)
-    assert (Path(config.output_dir) / CONFIG_FILE).is_file()
+    assert not forbidden_tensors(list(tensors))
+    assert (Path(str(args.output_dir)) / CONFIG_FILE).is_file()
     summary = json.loads((trained / "training_summary.json").read_text())
     assert summary["template_version"] == QUERY_TEMPLATE_VERSION
     assert summary["examples"] == 28 and summary["correct"] == 21
@@ -147,15 +153,19 @@ def test_training_moves_the_adapter_not_the_base(
     assert after < before, f"label loss did not decrease: {before:.4f} -> {after:.4f}"
 
 
-def test_resume_reproduces_the_uninterrupted_run(trained: Path, config: TrainConfig, tmp_path: Path) -> None:
+def test_resume_reproduces_the_uninterrupted_run(
+    trained: Path, config: TrainConfig, args: QueryTrainingArguments, tmp_path: Path
+) -> None:
     from safetensors.torch import load_file
+    from transformers.trainer_utils import get_last_checkpoint
 
-    checkpoint = latest_checkpoint(Path(config.output_dir))
-    assert checkpoint is not None and checkpoint.name == "checkpoint-3"
+    # The final checkpoint (6) is the run's end; resume from the one before it.
+    checkpoint = Path(str(args.output_dir)) / "checkpoint-3"
+    assert get_last_checkpoint(str(args.output_dir)) is not None and checkpoint.is_dir()
     resumed_dir = tmp_path / "resumed"
     resumed_dir.mkdir()
     shutil.copytree(checkpoint, resumed_dir / checkpoint.name)
-    resumed = train(replace(config, output_dir=str(resumed_dir)))
+    resumed = train(config, replace(args, output_dir=str(resumed_dir)))
     summary = json.loads((resumed / "training_summary.json").read_text())
     assert [h["step"] for h in summary["history"]] == list(range(1, STEPS + 1))
     want = load_file(str(trained / "adapter_model.safetensors"))

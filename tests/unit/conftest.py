@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import build_app
-from service.confidence import QUERY_TEMPLATE_VERSION
-from service.manifest import AdapterManifest
+from service.calibration.query import QUERY_TEMPLATE_VERSION
+from service.lora.manifest import AdapterManifest
 from service.settings import Settings
 from tests.fake_engine import FakeEngine
 

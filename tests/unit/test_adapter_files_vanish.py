@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.adapter_snapshot import AdapterSnapshots
 from service.app import build_app
 from service.errors import AdapterLoadError
+from service.lora.snapshot import AdapterSnapshots
 from service.settings import Settings
 from tests.unit.conftest import wait_ready, write_adapter
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.adapter_files import BaseModelInfo, parse_spec
-from service.adapter_ops import AdapterOps
 from service.app import build_app
-from service.confidence import LabelTokens
+from service.calibration.query import LabelTokens
 from service.errors import AdapterConflictError, InvalidRequestError
-from service.registry import AdapterRegistry
+from service.lora.files import BaseModelInfo, parse_spec
+from service.lora.ops import AdapterOps
+from service.lora.registry import AdapterRegistry
 from service.settings import Settings
 from tests.fake_engine import FakeEngine
 from tests.unit.conftest import wait_ready, write_adapter, write_lora_files

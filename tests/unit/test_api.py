@@ -7,7 +7,7 @@ import math
 import pytest
 from fastapi.testclient import TestClient
 
-from service import confidence as cq
+from service.calibration import query as cq
 from service.engine.base import LoRA
 from service.settings import Settings
 from tests.fake_engine import FakeEngine, fake_gap

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
-from adapters import calibrate, metrics
-from service import confidence
+from adapters import calibrate
+from service.calibration import metrics
+from service.calibration import query as confidence
 
 
 def _synthetic(t_true: float, n: int = 100_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

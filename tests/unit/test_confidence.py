@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from service import confidence as cq
+from service.calibration import query as cq
 from tests.fake_engine import WordTokenizer
 
 

@@ -300,14 +300,15 @@ def test_every_choice_grades_each_choice_by_gold_for_train_split_items(olmo_root
     all_train = data.SplitConfig(train=1.0, calibration=0.0, test=0.0)
     records = data.every_choice_records(items, all_train)
     # Q1 has 3 choices (gold B), Q2 has 4 (gold "2" -> index 1): one correct each.
-    assert [(r["answer"], r["correct"]) for r in records] == [
+    assert all(isinstance(r, data.GradedRecord) for r in records)
+    assert [(r.answer, r.correct) for r in records] == [
         ("A. Moon", False), ("B. Mars", True), ("C. Sun", False),
         ("A. iron", False), ("B. oxygen", True), ("C. salt", False), ("D. wood", False),
     ]  # fmt: skip
-    assert len({r["id"] for r in records}) == 7
-    assert {r["split"] for r in records} == {"train"}
-    assert records[0]["question"] == items[0].question  # the query sees what the model saw
-    assert records[1]["meta"] == {"choice": 1, "gold": 1, "every_choice": True}
+    assert len({r.id for r in records}) == 7
+    assert {r.split for r in records} == {"train"}
+    assert records[0].question == items[0].question  # the query sees what the model saw
+    assert records[1].meta == {"choice": 1, "gold": 1, "every_choice": True}
 
 
 def test_every_choice_skips_held_out_open_and_evaluation_only_items(olmo_root):
@@ -324,8 +325,7 @@ def test_training_config_adds_every_choice_records_of_mc_sources_only(olmo_root,
 
     def config(*specs: str) -> TrainConfig:
         return TrainConfig(
-            model="m", train_files=["t.jsonl"], output_dir=str(tmp_path), every_choice=list(specs),
-            data_dir=str(olmo_root),
+            model="m", train_files=["t.jsonl"], every_choice=list(specs), data_dir=str(olmo_root),
         )  # fmt: skip
 
     records = every_choice_training_records(config("arc_easy=5"))

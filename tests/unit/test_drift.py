@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from service.drift import PSI_FLOOR, DriftWindow, psi
-from service.manifest import ReferenceHistogram
+from service.lora.manifest import ReferenceHistogram
+from service.monitoring.drift import PSI_FLOOR, DriftWindow, psi
 
 EDGES = [k / 10 for k in range(11)]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.metrics import ServiceMetrics
+from service.monitoring.prometheus import ServiceMetrics
 from tests.monitoring_helpers import RULES, run_promtool
 
 GRAFANA = Path(__file__).resolve().parents[2] / "deploy" / "grafana"

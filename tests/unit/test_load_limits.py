@@ -16,8 +16,8 @@ import uvicorn
 from fastapi.testclient import TestClient
 
 from service.app import build_app
-from service.deadline import Deadline
 from service.errors import RequestTimeoutError
+from service.serving.deadline import Deadline
 from tests.http_server import free_port, serve_in_thread
 from tests.unit.conftest import wait_ready
 

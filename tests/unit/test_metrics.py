@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from adapters import metrics
+from service.calibration import metrics
 
 
 def test_ece_hand_example_last_bin_includes_one() -> None:

@@ -10,10 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from service import confidence as cq
 from service.app import build_app
+from service.calibration import query as cq
 from service.engine.base import LoRA
-from service.metrics import BIN_LABELS, confidence_bin
+from service.monitoring.prometheus import BIN_LABELS, confidence_bin
 from tests.fake_engine import FakeEngine, fake_gap
 from tests.unit.conftest import wait_ready, write_adapter
 

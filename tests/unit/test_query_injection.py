@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from service import confidence as cq
+from service.calibration import query as cq
 from tests.tiny_model import EMBEDDED_MODEL_DIR, tokenizer_source
 
 INJECTIONS = [

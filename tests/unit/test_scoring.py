@@ -11,7 +11,7 @@ import pytest
 from adapters import scoring
 from adapters.data import GradedRecord
 from adapters.evaluate import EvalConfig, eval_sets
-from service import confidence as cq
+from service.calibration import query as cq
 from tests.fake_engine import FakeEngine, fake_gap
 
 
@@ -126,7 +126,7 @@ async def test_self_consistency_for_multiple_choice_follows_choice_likelihoods()
 
 async def test_evaluation_writes_report_and_histograms_each_held_out_item_once(tmp_path):
     from adapters.evaluate import evaluate_async
-    from service.manifest import AdapterManifest
+    from service.lora.manifest import AdapterManifest
     from tests.unit.conftest import write_adapter
 
     adapter = write_adapter(tmp_path / "root", "unc", "v1", metrics={"temperature_fit": {"temperature": 1.5}})

@@ -25,7 +25,7 @@ from tests.http_server import free_port
 REPO = Path(__file__).resolve().parents[2]
 SLOW_SERVER = """
 import asyncio, sys
-import service.lifecycle as lifecycle
+import service.serving.lifecycle as lifecycle
 from service.cli import main
 from tests.fake_engine import FakeEngine
 

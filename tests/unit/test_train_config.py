@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adapters.data import EvaluationOnlyError
+from adapters.data import EvaluationOnlyError, GradedRecord
 from adapters.job import JobConfig, calibration_records, training_data_summary
 from adapters.train import TrainConfig, drop_sources, every_choice_training_records, oversample, parse_repeats
 
@@ -24,9 +24,8 @@ def test_parse_repeats_rejects_bad_specs(spec: str) -> None:
 def test_every_choice_refuses_mmlu_and_unknown_sources_before_loading_data(tmp_path: Path) -> None:
     def config(spec: str) -> TrainConfig:
         return TrainConfig(
-            model="m", train_files=["t.jsonl"], output_dir=str(tmp_path), every_choice=[spec],
-            data_dir=str(tmp_path / "no-bundle-here"),
-        )  # fmt: skip
+            model="m", train_files=["t.jsonl"], every_choice=[spec], data_dir=str(tmp_path / "none")
+        )
 
     with pytest.raises(EvaluationOnlyError, match="mmlu_test"):
         every_choice_training_records(config("mmlu_test=10"))
@@ -36,20 +35,24 @@ def test_every_choice_refuses_mmlu_and_unknown_sources_before_loading_data(tmp_p
         config("arc_easy")
 
 
+def record(i: int, source: str | None) -> GradedRecord:
+    return GradedRecord(question=f"q{i}", answer="a", correct=True, source=source, id=str(i))
+
+
 def test_oversample_repeats_only_listed_sources_in_order() -> None:
-    records = [{"source": "triviaqa", "i": 0}, {"source": "arc_easy", "i": 1}, {"source": "nq_open", "i": 2}]
+    records = [record(0, "triviaqa"), record(1, "arc_easy"), record(2, "nq_open")]
     out = oversample(records, {"arc_easy": 3})
-    assert [r["i"] for r in out] == [0, 1, 1, 1, 2]
+    assert [r.id for r in out] == ["0", "1", "1", "1", "2"]
 
 
 def test_oversample_without_repeats_is_identity() -> None:
-    records = [{"source": None}, {"source": "x"}]
+    records = [record(0, None), record(1, "x")]
     assert oversample(records, {}) == records
 
 
 def test_drop_sources_keeps_unlisted_and_sourceless_records() -> None:
-    records = [{"source": "boolq", "i": 0}, {"source": None, "i": 1}, {"source": "arc_easy", "i": 2}]
-    assert [r["i"] for r in drop_sources(records, ["boolq", "piqa"])] == [1, 2]
+    records = [record(0, "boolq"), record(1, None), record(2, "arc_easy")]
+    assert [r.id for r in drop_sources(records, ["boolq", "piqa"])] == ["1", "2"]
 
 
 def test_excluded_sources_leave_the_temperature_fit_too(tmp_path: Path) -> None:
@@ -74,9 +77,7 @@ def test_excluded_sources_leave_the_temperature_fit_too(tmp_path: Path) -> None:
         {"question": "q3", "answer": "a", "correct": False, "source": "boolq", "split": "train", "id": "3"},
     ]
     graded.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = TrainConfig(
-        model="m", train_files=[str(graded)], output_dir=str(tmp_path), exclude_sources=["boolq"]
-    )
+    config = TrainConfig(model="m", train_files=[str(graded)], exclude_sources=["boolq"])
     assert [r.id for r in calibration_records(config, JobConfig())] == ["2"]
     assert training_data_summary(config, tmp_path)["per_source"] == {}
 

@@ -8,14 +8,14 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.adapter_ops import AdapterOps
-from service.admission import Admission
-from service.core import ConfidenceService
-from service.deadline import Deadline
 from service.errors import AdminDisabledError, EngineDeadError, EngineNotReadyError, UnauthorizedError
-from service.lifecycle import Phase, ServiceState
-from service.metrics import LABELS_SCOPE_KEY, RequestLabels
-from service.monitoring import CalibrationMonitor
+from service.lora.ops import AdapterOps
+from service.monitoring.monitor import CalibrationMonitor
+from service.monitoring.prometheus import LABELS_SCOPE_KEY, RequestLabels
+from service.serving.admission import Admission
+from service.serving.core import ConfidenceService
+from service.serving.deadline import Deadline
+from service.serving.lifecycle import Phase, ServiceState
 from service.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False)

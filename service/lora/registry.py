@@ -22,15 +22,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.adapter_files import (
-    BaseModelInfo,
-    adapter_dir,
-    inspect_adapter,
-    newest_version_dir,
-    parse_spec,
-    version_key,
-)
-from service.adapter_snapshot import AdapterSnapshots
 from service.engine.base import LoRA
 from service.errors import (
     AdapterConflictError,
@@ -38,7 +29,16 @@ from service.errors import (
     NoAdapterLoadedError,
     ServiceError,
 )
-from service.manifest import AdapterManifest
+from service.lora.files import (
+    BaseModelInfo,
+    adapter_dir,
+    inspect_adapter,
+    newest_version_dir,
+    parse_spec,
+    version_key,
+)
+from service.lora.manifest import AdapterManifest
+from service.lora.snapshot import AdapterSnapshots
 
 log = logging.getLogger(__name__)
 

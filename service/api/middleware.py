@@ -20,7 +20,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.error_mapping import error_response
+from service.api.error_mapping import error_response
 from service.errors import PayloadTooLargeError
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the response

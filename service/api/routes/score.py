@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.deps import AdmissionDep, DeadlineDep, LabelsDep, MonitorDep, ServiceDep
-from service.error_mapping import INFERENCE_ERRORS
-from service.protocol import ScoreRequest, ScoreResponse
+from service.api.deps import AdmissionDep, DeadlineDep, LabelsDep, MonitorDep, ServiceDep
+from service.api.error_mapping import INFERENCE_ERRORS
+from service.api.protocol import ScoreRequest, ScoreResponse
 
 router = APIRouter()
 

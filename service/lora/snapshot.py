@@ -16,9 +16,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from service.adapter_files import CONFIG_FILE, WEIGHTS_FILE
 from service.errors import AdapterLoadError
-from service.manifest import MANIFEST_FILE
+from service.lora.files import CONFIG_FILE, WEIGHTS_FILE
+from service.lora.manifest import MANIFEST_FILE
 
 SERVED_FILES = (MANIFEST_FILE, CONFIG_FILE, WEIGHTS_FILE)
 

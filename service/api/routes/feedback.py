@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.deps import MonitorDep
-from service.protocol import ErrorResponse, FeedbackRequest, FeedbackResponse
+from service.api.deps import MonitorDep
+from service.api.protocol import ErrorResponse, FeedbackRequest, FeedbackResponse
 
 router = APIRouter()
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from service.deps import StateDep
+from service.api.deps import StateDep
+from service.api.protocol import AdapterInfo, HealthResponse
 from service.errors import EngineDeadError
-from service.lifecycle import Phase
-from service.protocol import AdapterInfo, HealthResponse
+from service.serving.lifecycle import Phase
 
 router = APIRouter()
 RETRY_AFTER_S = "5"

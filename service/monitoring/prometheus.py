@@ -19,9 +19,9 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from adapters.metrics import bin_index
+from service.calibration.metrics import bin_index
 
-N_BINS = 10  # the ECE convention of adapters.metrics: ten 0.1-wide bins
+N_BINS = 10  # the ECE convention of service.calibration.metrics: ten 0.1-wide bins
 BIN_LABELS = tuple(f"{k / N_BINS:.1f}" for k in range(N_BINS))  # lower edges: "0.0" … "0.9"
 CONFIDENCE_BUCKETS = tuple(round((k + 1) / N_BINS, 1) for k in range(N_BINS))
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)

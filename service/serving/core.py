@@ -14,10 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from service import confidence as cq
-from service.engine.base import Engine, LoRA, SamplingOptions
-from service.errors import InvalidRequestError, PromptTooLongError
-from service.protocol import (
+from service.api.protocol import (
     AdapterInfo,
     GenerateRequest,
     GenerateResponse,
@@ -27,7 +24,10 @@ from service.protocol import (
     ScoreResponse,
     Usage,
 )
-from service.registry import AdapterRegistry
+from service.calibration import query as cq
+from service.engine.base import Engine, LoRA, SamplingOptions
+from service.errors import InvalidRequestError, PromptTooLongError
+from service.lora.registry import AdapterRegistry
 
 
 @dataclass(frozen=True)

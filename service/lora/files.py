@@ -14,9 +14,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from service.confidence import QUERY_TEMPLATE_VERSION, LabelTokens
+from service.calibration.query import QUERY_TEMPLATE_VERSION, LabelTokens
 from service.errors import AdapterLoadError, AdapterNotFoundError, InvalidRequestError
-from service.manifest import MANIFEST_FILE, NAME_PATTERN, AdapterManifest
+from service.lora.manifest import MANIFEST_FILE, NAME_PATTERN, AdapterManifest
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

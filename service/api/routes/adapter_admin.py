@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.deps import AdminDep, OpsDep, ServiceDep
-from service.error_mapping import documented
-from service.protocol import AdapterList, AdapterSummary, LoadAdapterRequest, SetDefaultRequest
-from service.registry import AdapterRegistry, LoadedAdapter
+from service.api.deps import AdminDep, OpsDep, ServiceDep
+from service.api.error_mapping import documented
+from service.api.protocol import AdapterList, AdapterSummary, LoadAdapterRequest, SetDefaultRequest
+from service.lora.registry import AdapterRegistry, LoadedAdapter
 
 router = APIRouter()
 ERRORS = documented(400, 401, 403, 404, 409, 413, 503)

@@ -6,9 +6,9 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.deps import MonitorDep, StateDep
-from service.lifecycle import Phase
-from service.protocol import CalibrationQuery, CalibrationResponse, ErrorResponse
+from service.api.deps import MonitorDep, StateDep
+from service.api.protocol import CalibrationQuery, CalibrationResponse, ErrorResponse
+from service.serving.lifecycle import Phase
 
 router = APIRouter()
 

@@ -14,7 +14,7 @@ import math
 from collections import deque
 from collections.abc import Sequence
 
-from service.manifest import ReferenceHistogram
+from service.lora.manifest import ReferenceHistogram
 
 # An empty bin would make ln(a / e) infinite: fractions are floored at this value (the
 # usual PSI convention), which caps one empty bin's contribution at a few units.

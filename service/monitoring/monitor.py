@@ -18,16 +18,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 
-from adapters import metrics as calib
-from service.admission import Admission
-from service.drift import DriftWindow
-from service.engine.base import Engine
-from service.errors import EngineDeadError, FeedbackStoreError, InvalidRequestError
-from service.feedback.store import Label, Outcome, OutcomeStore, ServedItem, ServedResponse, open_store
-from service.lifecycle import ServiceState
-from service.manifest import ReferenceHistogram
-from service.metrics import N_BINS, NO_ADAPTER, UNSERVED, ServiceMetrics
-from service.protocol import (
+from service.api.protocol import (
     AdapterInfo,
     CalibrationQuery,
     CalibrationResponse,
@@ -40,7 +31,16 @@ from service.protocol import (
     ScoreRequest,
     ScoreResponse,
 )
-from service.registry import LoadedAdapter
+from service.calibration import metrics as calib
+from service.engine.base import Engine
+from service.errors import EngineDeadError, FeedbackStoreError, InvalidRequestError
+from service.feedback.store import Label, Outcome, OutcomeStore, ServedItem, ServedResponse, open_store
+from service.lora.manifest import ReferenceHistogram
+from service.lora.registry import LoadedAdapter
+from service.monitoring.drift import DriftWindow
+from service.monitoring.prometheus import N_BINS, NO_ADAPTER, UNSERVED, ServiceMetrics
+from service.serving.admission import Admission
+from service.serving.lifecycle import ServiceState
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.api.protocol import ErrorBody, ErrorResponse
 from service.errors import ServiceError
-from service.protocol import ErrorBody, ErrorResponse
 
 
 def _error(

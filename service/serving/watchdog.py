@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 
 from service.errors import EngineDeadError
-from service.lifecycle import Phase, ServiceState
+from service.serving.lifecycle import Phase, ServiceState
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ import asyncio
 import logging
 import math
 
-from service import confidence as cq
+from service.calibration import query as cq
 from service.engine.base import Engine
 from service.errors import AdapterConflictError, AdapterLoadError
-from service.registry import AdapterRegistry, LoadedAdapter
+from service.lora.registry import AdapterRegistry, LoadedAdapter
 
 log = logging.getLogger(__name__)
 

@@ -13,13 +13,13 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service import confidence as cq
-from service.adapter_ops import AdapterOps
-from service.adapter_snapshot import AdapterSnapshots
-from service.core import ConfidenceService, Limits
+from service.calibration import query as cq
 from service.engine.base import Engine, SamplingOptions
-from service.manifest import weights_fingerprint
-from service.registry import AdapterRegistry, BaseModelInfo
+from service.lora.manifest import weights_fingerprint
+from service.lora.ops import AdapterOps
+from service.lora.registry import AdapterRegistry, BaseModelInfo
+from service.lora.snapshot import AdapterSnapshots
+from service.serving.core import ConfidenceService, Limits
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def resolve_model(settings: Settings) -> str:
     """The configured model, or the embedded default fetched into the cache."""
     if settings.model:
         return settings.model
-    from service.model_fetch import ensure_default_model
+    from service.engine.model_fetch import ensure_default_model
 
     return str(ensure_default_model(settings.model_cache_dir))
 

@@ -1,0 +1,51 @@
+"""The training job's commands: `confidence label|train|eval`.
+
+They plug into the service's `confidence` command line through the `confidence.commands`
+entry-point group (pyproject.toml), so the service never imports the training job and a
+serving-only install works without its packages. Each command takes its raw arguments:
+its options belong to the job's own dataclass parsers (`confidence train --help`).
+"""
+
+from __future__ import annotations
+
+import json
+
+
+def _dataclass_args(types: tuple[type, ...], argv: list[str]) -> tuple[object, ...]:
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(types)  # type: ignore[arg-type]
+    return tuple(parser.parse_args_into_dataclasses(args=argv))
+
+
+def label(argv: list[str]) -> int:
+    """generate and grade the base model's answers (training data)"""
+    from adapters.labelling import main as label_main
+
+    return label_main(argv)
+
+
+def train(argv: list[str]) -> int:
+    """train, calibrate and export an uncertainty adapter"""
+    from adapters.job import JobConfig, run_job
+    from adapters.labelling import resolve_model
+    from adapters.train_config import QueryTrainingArguments, TrainConfig
+
+    if "--model" not in argv:  # default: the embedded model, fetched if needed
+        argv = ["--model", resolve_model(None), *argv]
+    train_config, training_args, job = _dataclass_args((TrainConfig, QueryTrainingArguments, JobConfig), argv)
+    exported = run_job(train_config, training_args, job)  # type: ignore[arg-type]
+    if exported is not None:  # None: a secondary process of a distributed launch
+        print(exported)
+    return 0
+
+
+def evaluate(argv: list[str]) -> int:
+    """evaluate an exported adapter against the baselines; write its report"""
+    from adapters.evaluate import EvalConfig
+    from adapters.evaluate import evaluate as run_eval
+
+    (config,) = _dataclass_args((EvalConfig,), argv)
+    report = run_eval(config)  # type: ignore[arg-type]
+    print(json.dumps({k: list(v) for k, v in report["eval_sets"].items()}))
+    return 0

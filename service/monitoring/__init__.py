@@ -1,0 +1,1 @@
+"""Calibration monitoring: Prometheus metrics, the outcome-store monitor, confidence drift."""
