@@ -158,7 +158,7 @@ def fit(signals: Path, *, adapter_temperature: float, train_rate: float) -> tupl
 
 def selection_numbers(cal: Calibrators, cal_rows: Sequence[Row], ood_rows: Sequence[Row]) -> dict[str, Any]:
     """What chooses the default method: out-of-fold calibration numbers and OOD numbers."""
-    from adapters.metrics import auroc, ece
+    from service.calibration.metrics import auroc, ece
 
     rows = head_rows(cal_rows)
 
@@ -195,8 +195,8 @@ def report(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from adapters.metrics import nan_to_none
-    from service.manifest import AdapterManifest
+    from service.calibration.metrics import nan_to_none
+    from service.lora.manifest import AdapterManifest
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

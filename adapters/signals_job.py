@@ -21,7 +21,7 @@ from pathlib import Path
 from adapters import features, heldout
 from adapters.data import GradedRecord
 from service.engine.base import LoRA
-from service.manifest import AdapterManifest
+from service.lora.manifest import AdapterManifest
 
 log = logging.getLogger(__name__)
 SETS = ("calibration", "test", "ood")

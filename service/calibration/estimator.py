@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service import confidence as cq
+from service.calibration import query as cq
 
 FEATURE_NAMES: tuple[str, ...] = (
     "adapter_gap",

@@ -108,7 +108,7 @@ def test_the_fitted_head_applied_by_the_service_math_matches_sklearn():
 
 
 def test_the_head_learns_to_rank_by_likelihood():
-    from adapters.metrics import auroc
+    from service.calibration.metrics import auroc
 
     train, held = _rows(400, seed=1), _rows(400, seed=2)
     head = head_fit.fit_head(train)

@@ -7,7 +7,7 @@ from adapters.stratified import paired_stratified_auroc_diff, stratified_auroc
 
 
 def test_a_per_source_base_rate_scores_high_pooled_but_one_half_within_sources():
-    from adapters.metrics import auroc
+    from service.calibration.metrics import auroc
 
     y = np.array([1, 1, 1, 0] * 5 + [0, 0, 0, 1] * 5, dtype=float)
     strata = ["easy"] * 20 + ["hard"] * 20
