@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from adapters import features, heldout
-from adapters.data import GradedRecord
+from adapters.data import GradedRecord, stable_seed
 from service.engine.base import LoRA
 from service.lora.manifest import AdapterManifest
 
@@ -27,19 +27,30 @@ log = logging.getLogger(__name__)
 SETS = ("calibration", "test", "ood")
 
 
-def record_set(name: str, graded: Sequence[Path], per_source: int) -> list[GradedRecord]:
+def record_set(
+    name: str, graded: Sequence[Path], per_source: int, max_mmlu: int | None = None
+) -> list[GradedRecord]:
     if name == "ood":
         return heldout.ood_records()
     labelled = [p for p in graded if "mmlu" not in p.name]
-    mmlu = [p for p in graded if "mmlu" in p.name]
+    mmlu = heldout.labelled_records([p for p in graded if "mmlu" in p.name], name, group="mmlu")
+    if max_mmlu is not None:
+        mmlu = sorted(mmlu, key=lambda r: stable_seed(0, r.id))[:max_mmlu]
     return [
         *heldout.labelled_records(labelled, name, group="labelled"),
-        *heldout.labelled_records(mmlu, name, group="mmlu"),
+        *mmlu,
         *heldout.no_choice_records(name, per_source=per_source),
     ]
 
 
-async def run(adapter: Path, graded: Sequence[Path], out: Path, sets: Sequence[str], per_source: int) -> None:
+async def run(
+    adapter: Path,
+    graded: Sequence[Path],
+    out: Path,
+    sets: Sequence[str],
+    per_source: int,
+    max_mmlu: int | None,
+) -> None:
     from adapters.labelling import resolve_model
     from adapters.scoring import offline_engine
 
@@ -49,7 +60,7 @@ async def run(adapter: Path, graded: Sequence[Path], out: Path, sets: Sequence[s
     await engine.start()
     try:
         for name in sets:
-            records = record_set(name, graded, per_source)
+            records = record_set(name, graded, per_source, max_mmlu)
             log.info("%s: %d records", name, len(records))
             features.write_rows(out / f"{name}.jsonl", await features.signals(engine, records, lora))
     finally:
@@ -67,10 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--per-source", type=int, default=100, help="no-choice questions per source and split"
     )
+    parser.add_argument("--max-mmlu", type=int, default=None, help="deterministic MMLU subsample per set")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sets = [s for s in args.sets.split(",") if s]
-    asyncio.run(run(args.adapter, args.graded, args.out, sets, args.per_source))
+    asyncio.run(run(args.adapter, args.graded, args.out, sets, args.per_source, args.max_mmlu))
     return 0
 
 

@@ -100,7 +100,9 @@ class FakeEngine(Engine):
         words = [w for w, i in self._tokenizer.vocab.items() if i in set(prompt_ids[-3:])]
         tokens = (["Answer:", *words] * options.max_tokens)[: options.max_tokens]
         finish = "length" if len(tokens) == options.max_tokens else "stop"
-        comps = [Completion(" ".join(tokens), finish, len(tokens)) for _ in range(options.n)]
+        # A fixed log-probability per generated token, so tests can predict the head's input.
+        logprobs = [-0.5] * len(tokens) if options.logprobs else None
+        comps = [Completion(" ".join(tokens), finish, len(tokens), logprobs) for _ in range(options.n)]
         return GenerationResult(prompt_tokens=len(prompt_ids), completions=comps)
 
     async def next_token_logprobs(

@@ -15,6 +15,9 @@ MAX_ID_CHARS = 128
 class Method(str, Enum):
     adapter = "adapter"  # LoRA + Prompt: the query read through the uncertainty adapter
     zero_shot = "zero_shot"  # the same query on the base model
+    # LoRA + Prompt's gap and the base model's likelihood of the answer, combined by the
+    # adapter version's fitted head (service.calibration.estimator)
+    calibrated_head = "calibrated_head"
 
 
 class _Strict(BaseModel):

@@ -31,6 +31,8 @@ class SamplingOptions:
     stop: tuple[str, ...] = ()
     n: int = 1
     seed: int | None = None
+    # Return each sampled token's log-probability (the calibrated head's answer likelihood).
+    logprobs: bool = False
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class Completion:
     text: str
     finish_reason: str
     completion_tokens: int
+    # With SamplingOptions.logprobs: the model's log-probability of each generated token.
+    token_logprobs: list[float] | None = None
 
 
 @dataclass(frozen=True)

@@ -156,10 +156,17 @@ class VLLMEngine(Engine):
             top_p=options.top_p,
             stop=list(options.stop) or None,
             seed=seed,
+            # 0 = only the sampled token's own log-probability, no top-k alternatives.
+            logprobs=0 if options.logprobs else None,
         )
         out = await self._run(prompt_ids, params, lora)
         completions = [
-            Completion(text=c.text, finish_reason=str(c.finish_reason), completion_tokens=len(c.token_ids))
+            Completion(
+                text=c.text,
+                finish_reason=str(c.finish_reason),
+                completion_tokens=len(c.token_ids),
+                token_logprobs=_sampled_logprobs(c) if options.logprobs else None,
+            )
             for c in out.outputs
         ]
         return GenerationResult(prompt_tokens=len(out.prompt_token_ids), completions=completions)
@@ -209,6 +216,14 @@ class VLLMEngine(Engine):
         if self._llm is not None:
             self._llm.shutdown()
             self._llm = None
+
+
+def _sampled_logprobs(completion: Any) -> list[float]:
+    """The log-probability of each generated token (vLLM's per-position dicts hold it)."""
+    return [
+        float(position[token].logprob)
+        for token, position in zip(completion.token_ids, completion.logprobs, strict=True)
+    ]
 
 
 def _lora_request(lora: LoRA) -> Any:

@@ -14,6 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.calibration.estimator import HeadParams
+
 MANIFEST_FILE = "manifest.json"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 
@@ -48,6 +50,10 @@ class AdapterManifest(BaseModel):
     training_data: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     reference_histogram: ReferenceHistogram | None = None
+    # The calibrated head of this version (method "calibrated_head") and the histogram of
+    # its confidences on held-out data; absent in versions exported before it existed.
+    head: HeadParams | None = None
+    head_reference_histogram: ReferenceHistogram | None = None
 
     @classmethod
     def read(cls, adapter_dir: Path) -> AdapterManifest:

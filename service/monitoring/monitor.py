@@ -69,8 +69,9 @@ class CalibrationMonitor:
         self.drift_window = drift_window
         self.retention_days = retention_days
         self.clock = clock
-        # (adapter name, version) -> its drift window; None when it has no usable reference
-        self._drift: dict[tuple[str, str], DriftWindow | None] = {}
+        # (adapter name, version, method) -> its drift window; None when it has no usable
+        # reference. Each method has its own reference: their confidence distributions differ.
+        self._drift: dict[tuple[str, str, str], DriftWindow | None] = {}
 
     # ---------------------------------------------------------------- labels
 
@@ -114,14 +115,14 @@ class CalibrationMonitor:
     ) -> None:
         name, version = (adapter.name, adapter.version) if adapter else (NO_ADAPTER, NO_ADAPTER)
         self.metrics.init_calibration_series(name, version, method.value)
-        window = self._window(adapter) if adapter else None
+        window = self._window(adapter, method) if adapter else None
         for item in items:
             self.metrics.confidence.labels(name, version, method.value).observe(item.confidence)
             if window is not None:
                 window.add(item.confidence)
         if window is not None:
-            self.metrics.psi.labels(name, version).set(window.psi() or 0.0)
-            self.metrics.psi_samples.labels(name, version).set(window.samples)
+            self.metrics.psi.labels(name, version, method.value).set(window.psi() or 0.0)
+            self.metrics.psi_samples.labels(name, version, method.value).set(window.samples)
         served = ServedResponse(
             id=response_id,
             endpoint=endpoint,
@@ -139,12 +140,12 @@ class CalibrationMonitor:
                 "response %s served but not recorded (feedback for it will 404): %s", response_id, exc
             )
 
-    def _window(self, adapter: AdapterInfo) -> DriftWindow | None:
-        """The drift window of this adapter version (created on its first confidence)."""
-        key = (adapter.name, adapter.version)
+    def _window(self, adapter: AdapterInfo, method: Method) -> DriftWindow | None:
+        """The drift window of this adapter version and method (created on its first confidence)."""
+        key = (adapter.name, adapter.version, method.value)
         if key in self._drift:
             return self._drift[key]
-        reference = self._reference(adapter)
+        reference = self._reference(adapter, method)
         window = None
         try:
             window = DriftWindow(reference, size=self.drift_window) if reference else None
@@ -157,10 +158,13 @@ class CalibrationMonitor:
         self._drift[key] = window
         return window
 
-    def _reference(self, adapter: AdapterInfo) -> ReferenceHistogram | None:
+    def _reference(self, adapter: AdapterInfo, method: Method) -> ReferenceHistogram | None:
         for served in self.adapters():
             if (served.name, served.version) == (adapter.name, adapter.version):
-                return served.manifest.reference_histogram
+                manifest = served.manifest
+                if method is Method.calibrated_head:
+                    return manifest.head_reference_histogram
+                return manifest.reference_histogram
         return None
 
     # ---------------------------------------------------------------- feedback
@@ -234,11 +238,16 @@ class CalibrationMonitor:
             except EngineDeadError:
                 healthy = False
         self.metrics.engine_healthy.set(1.0 if healthy else 0.0)
-        loaded = {(a.name, a.version) for a in self.adapters()}
-        for name, version in loaded:
-            self.metrics.init_calibration_series(name, version, Method.adapter.value)
+        served = list(self.adapters())
+        loaded = {(a.name, a.version) for a in served}
+        for adapter in served:
+            self.metrics.init_calibration_series(adapter.name, adapter.version, Method.adapter.value)
+            if adapter.manifest.head is not None:
+                self.metrics.init_calibration_series(
+                    adapter.name, adapter.version, Method.calibrated_head.value
+                )
         self.metrics.init_calibration_series(NO_ADAPTER, NO_ADAPTER, Method.zero_shot.value)
-        for key in [k for k in self._drift if k not in loaded]:
+        for key in [k for k in self._drift if k[:2] not in loaded]:
             if self._drift.pop(key) is not None:
                 self.metrics.psi.remove(*key)
                 self.metrics.psi_samples.remove(*key)

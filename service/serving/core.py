@@ -24,8 +24,10 @@ from service.api.protocol import (
     ScoreResponse,
     Usage,
 )
+from service.calibration import estimator
 from service.calibration import query as cq
-from service.engine.base import Engine, LoRA, SamplingOptions
+from service.calibration.estimator import HeadParams
+from service.engine.base import Completion, Engine, LoRA, SamplingOptions
 from service.errors import InvalidRequestError, PromptTooLongError
 from service.lora.registry import AdapterRegistry
 
@@ -41,12 +43,14 @@ class Limits:
 
 @dataclass(frozen=True)
 class ConfidenceReader:
-    """How one request's confidence is read: which LoRA (if any) and which temperature."""
+    """How one request's confidence is read: which LoRA (if any), which temperature, and
+    for method "calibrated_head" the version's fitted head."""
 
     method: Method
     lora: LoRA | None
     temperature: float
     info: AdapterInfo | None
+    head: HeadParams | None = None
 
 
 class ConfidenceService:
@@ -71,7 +75,19 @@ class ConfidenceService:
             return
         with self.registry.lease(adapter) as loaded:
             info = AdapterInfo(name=loaded.name, version=loaded.version)
-            yield ConfidenceReader(method, loaded.lora, loaded.temperature, info)
+            head = loaded.manifest.head
+            if method is Method.calibrated_head and head is None:
+                raise InvalidRequestError(
+                    f"adapter {loaded.name}@{loaded.version} has no calibrated head; use method 'adapter'",
+                    param="method",
+                )
+            yield ConfidenceReader(
+                method,
+                loaded.lora,
+                loaded.temperature,
+                info,
+                head if method is Method.calibrated_head else None,
+            )
 
     def query(self, question: list[cq.Message], answer: str, *, param: str) -> list[int]:
         """Token ids of the confidence query, checked against the context length."""
@@ -84,11 +100,38 @@ class ConfidenceService:
             )
         return ids
 
-    async def read(self, query_ids: list[int], reader: ConfidenceReader) -> float:
+    async def gap(self, query_ids: list[int], reader: ConfidenceReader) -> float:
+        """logit(yes) - logit(no) of the confidence query (no temperature applied)."""
         lp_no, lp_yes = await self.engine.next_token_logprobs(
             query_ids, [self.labels.no_id, self.labels.yes_id], lora=reader.lora
         )
-        return cq.confidence(lp_no, lp_yes, temperature=reader.temperature)
+        return cq.label_logit_gap(lp_no, lp_yes)
+
+    async def read(self, query_ids: list[int], reader: ConfidenceReader) -> float:
+        return cq.sigmoid(await self.gap(query_ids, reader) / reader.temperature)
+
+    def with_head(self, head: HeadParams, gap: float, answer_logprobs: list[float]) -> float:
+        likelihood = estimator.answer_likelihood(answer_logprobs)
+        return estimator.head_confidence(head, estimator.features(gap, likelihood))
+
+    async def read_scored(
+        self, question: list[cq.Message], answer: str, query_ids: list[int], reader: ConfidenceReader
+    ) -> float:
+        """One /score item. The head also needs the base model's likelihood of the answer:
+        one prefill of question + answer, submitted with the query so vLLM batches both."""
+        if reader.head is None:
+            return await self.read(query_ids, reader)
+        ids, start = estimator.likelihood_prompt(self.engine.tokenizer, question, answer)
+        gap, logprobs = await asyncio.gather(
+            self.gap(query_ids, reader), self.engine.prompt_logprobs(ids, start=start)
+        )
+        return self.with_head(reader.head, gap, logprobs)
+
+    def generated_logprobs(self, completion: Completion) -> list[float]:
+        """The sampled tokens' log-probabilities that belong to the answer text: an end-of-
+        sequence token or a stop string's token is generated but not part of the text."""
+        answer_tokens = len(self.engine.tokenizer.encode(completion.text, add_special_tokens=False))
+        return list(completion.token_logprobs or [])[:answer_tokens]
 
     def _max_tokens(self, request: GenerateRequest) -> int:
         max_tokens = request.max_tokens or self.limits.default_max_tokens
@@ -122,12 +165,19 @@ class ConfidenceService:
             top_p=request.top_p,
             stop=tuple(request.stop or ()),
             seed=request.seed,
+            # The head reads the answer's likelihood from the sampling itself: no extra pass.
+            logprobs=reader.head is not None,
         )
         # The answer comes from the base model; only the confidence query uses the adapter.
         result = await self.engine.generate(prompt_ids, options, lora=None)
         completion = result.completions[0]
         param = "messages" if request.messages is not None else "prompt"
-        score = await self.read(self.query(chat, completion.text, param=param), reader)
+        query_ids = self.query(chat, completion.text, param=param)
+        if reader.head is None:
+            score = await self.read(query_ids, reader)
+        else:
+            gap = await self.gap(query_ids, reader)
+            score = self.with_head(reader.head, gap, self.generated_logprobs(completion))
         return GenerateResponse(
             id=f"gen-{uuid.uuid4().hex}",
             text=completion.text,
@@ -154,11 +204,19 @@ class ConfidenceService:
     async def _score(self, request: ScoreRequest, reader: ConfidenceReader) -> ScoreResponse:
         # Tokenize and length-check every item before submitting any: a bad item fails
         # the request before any engine work starts.
-        queries = [
-            self.query([{"role": "user", "content": item.question}], item.answer, param=f"items[{i}]")
-            for i, item in enumerate(request.items)
+        questions: list[list[cq.Message]] = [
+            [{"role": "user", "content": item.question}] for item in request.items
         ]
-        scores = await asyncio.gather(*(self.read(ids, reader) for ids in queries))
+        queries = [
+            self.query(question, item.answer, param=f"items[{i}]")
+            for i, (question, item) in enumerate(zip(questions, request.items, strict=True))
+        ]
+        scores = await asyncio.gather(
+            *(
+                self.read_scored(question, item.answer, ids, reader)
+                for question, item, ids in zip(questions, request.items, queries, strict=True)
+            )
+        )
         return ScoreResponse(
             id=f"score-{uuid.uuid4().hex}",
             method=reader.method,

@@ -185,7 +185,7 @@ def test_no_psi_without_a_usable_reference_and_answers_still_served(tmp_path, se
         for adapter in ("plain", "broken"):
             response = client.post("/generate", json={"prompt": "x", "adapter": adapter})
             assert response.status_code == 200, response.text
-            assert sample(client, "confidence_psi", adapter=adapter, version="v1") is None
+            assert sample(client, "confidence_psi", adapter=adapter, version="v1", method="adapter") is None
             assert (
                 sample(
                     client,
@@ -218,7 +218,12 @@ def test_versions_served_side_by_side_are_monitored_apart(tmp_path, settings, en
             labels = {"adapter": "unc", "version": version, "method": "adapter"}
             assert sample(client, "confidence_served_confidence_count", **labels) == served
             assert sample(client, "confidence_feedback_squared_error_total", **labels) is not None
-            assert sample(client, "confidence_psi_window_samples", adapter="unc", version=version) == served
+            assert (
+                sample(
+                    client, "confidence_psi_window_samples", adapter="unc", version=version, method="adapter"
+                )
+                == served
+            )
         pinned = {"endpoint": "/generate", "method": "adapter", "adapter": "unc", "code": "200"}
         assert sample(client, "confidence_requests_total", **pinned) == 3  # a pin counts under its name
         registry.set_default("unc@v1")  # what the admin API does
@@ -226,5 +231,5 @@ def test_versions_served_side_by_side_are_monitored_apart(tmp_path, settings, en
         assert client.get("/calibration").json()["adapter"] == "other"
         registry.retire("unc@v1")
         metrics = client.get("/metrics").text
-    assert 'confidence_psi{adapter="unc",version="v2"}' in metrics
-    assert 'confidence_psi{adapter="unc",version="v1"}' not in metrics
+    assert 'confidence_psi{adapter="unc",method="adapter",version="v2"}' in metrics
+    assert 'confidence_psi{adapter="unc",method="adapter",version="v1"}' not in metrics
