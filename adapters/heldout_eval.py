@@ -33,6 +33,7 @@ from adapters.grading import regrade
 from adapters.head_fit import Calibrators, Row
 from adapters.report import write_report
 from adapters.stratified import paired_stratified_auroc_diff, stratified_auroc
+from service.calibration.estimator import HeadParams
 
 log = logging.getLogger(__name__)
 BASELINE = "zero_shot_ts"
@@ -194,8 +195,68 @@ def report(
     return written
 
 
+def render_stratified(stratified: Mapping[str, Mapping[str, Any]]) -> str:
+    """Markdown: per pooled set, each method's AUROC within sources and its paired ΔAUROC."""
+    from adapters.report import _fmt
+
+    lines = ["", "# AUROC within sources (stratified)", ""]
+    for name, methods in stratified.items():
+        lines += [
+            f"## {name}",
+            "",
+            f"| method | stratified AUROC | Δ vs {BASELINE} [95% CI] |",
+            "|---|---|---|",
+        ]
+        for method, s in methods.items():
+            d = s["delta_vs_baseline"]
+            delta = "—" if d is None else f"{_fmt(d['estimate'])} [{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}]"
+            lines.append(f"| {method} | {_fmt(s['stratified_auroc'])} | {delta} |")
+        lines.append("")
+    lines.append(
+        "Stratified AUROC: size-weighted mean of the AUROC inside each source with both classes; "
+        "the interval resamples items within each source, the same items for both methods."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def export_with_head(
+    source: Path, dest: Path, *, version: str, head: HeadParams, reference: Mapping[str, Any], note: str
+) -> None:
+    """A new adapter version: the source version's LoRA files and manifest, plus the head.
+
+    Raises:
+        FileExistsError: `dest` exists (versions are immutable once exported).
+    """
+    import shutil
+    from datetime import datetime, timezone
+
+    from service.lora.manifest import AdapterManifest, ReferenceHistogram
+
+    manifest = AdapterManifest.read(source)
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("manifest.json"))
+    manifest.version = version
+    manifest.created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    manifest.head = head
+    manifest.head_reference_histogram = ReferenceHistogram.model_validate(reference)
+    manifest.training_data = {**manifest.training_data, "head": note}
+    manifest.write(dest)
+
+
+def format_accuracy(cal_rows: Sequence[Row]) -> dict[str, dict[str, Any]]:
+    """Accuracy of each multiple-choice answering format per source, on the calibration
+    split: lettered choices in the question (what v6 trained on) vs the bare question."""
+    out: dict[str, dict[str, Any]] = {}
+    labelled = [r for r in group(cal_rows, "labelled") if r["kind"] == "mc"]
+    own = own_answers(group(cal_rows, "no_choices"))
+    for fmt, rows in (("choices", labelled), ("no_choices", own)):
+        for source in sorted({str(r["source"]) for r in rows}):
+            y = [float(r["correct"]) for r in rows if r["source"] == source]
+            out.setdefault(source, {})[fmt] = {"accuracy": float(np.mean(y)), "n": len(y)}
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    from service.calibration.metrics import nan_to_none
+    from service.calibration.metrics import confidence_histogram, nan_to_none
     from service.lora.manifest import AdapterManifest
 
     parser = argparse.ArgumentParser(
@@ -203,13 +264,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--signals", type=Path, required=True)
     parser.add_argument("--adapter", type=Path, required=True, help="adapter whose LoRA gave the signals")
-    parser.add_argument(
-        "--graded", type=Path, action="append", default=[], help="graded files (train base rate)"
-    )
+    parser.add_argument("--graded", type=Path, action="append", default=[], help="graded files (base rate)")
     parser.add_argument("--out", type=Path, required=True, help="report directory")
-    parser.add_argument(
-        "--select-only", action="store_true", help="fit and print selection numbers; no test read"
-    )
+    parser.add_argument("--select-only", action="store_true", help="fit, print selection numbers; no test")
+    parser.add_argument("--export", type=Path, default=None, help="write a new version here with the head")
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -219,6 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.signals, adapter_temperature=manifest.temperature, train_rate=train_base_rate(args.graded)
     )
     selection = selection_numbers(cal, cal_rows, read_rows(args.signals / "ood.jsonl"))
+    selection["format_accuracy_calibration"] = format_accuracy(cal_rows)
+    selection["zero_shot_temperature"] = cal.zero_shot_temperature
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "selection.json").write_text(json.dumps(nan_to_none(selection), indent=2) + "\n")
     (args.out / "head.json").write_text(cal.head.model_dump_json(indent=2) + "\n")
@@ -231,9 +291,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         "zero_shot_temperature": cal.zero_shot_temperature,
         "adapter_temperature": cal.adapter_temperature,
         "train_base_rate": cal.train_rate,
+        "head": cal.head.model_dump(),
     }
     written = report(cal, args.signals, args.out, metadata=metadata, n_boot=args.n_boot, seed=args.seed)
-    (args.out / "stratified.json").write_text(json.dumps(nan_to_none(written["stratified"]), indent=2) + "\n")
+    stratified = nan_to_none(written["stratified"])
+    (args.out / "stratified.json").write_text(json.dumps(stratified, indent=2) + "\n")
+    with (args.out / "report.md").open("a", encoding="utf-8") as handle:
+        handle.write(render_stratified(stratified))
+    if args.export is not None:
+        own = [
+            *group(cal_rows, "labelled"),
+            *group(cal_rows, "mmlu"),
+            *own_answers(group(cal_rows, "no_choices")),
+        ]
+        reference = confidence_histogram(head_fit.apply_head(cal.head, own))
+        note = (
+            f"calibrated head fitted on the calibration split of {manifest.name}/{manifest.version}'s signals"
+        )
+        export_with_head(
+            args.adapter, args.export, version=args.export.name, head=cal.head, reference=reference, note=note
+        )
     return 0
 
 
