@@ -59,6 +59,7 @@ async def signals(engine: Engine, records: Sequence[GradedRecord], lora: LoRA) -
                 "answer_logprob_mean": lk.logprob_mean,
                 "answer_tokens": lk.tokens,
                 "group": r.meta.get("group"),
+                "answer": r.answer,
             }
         )
     return rows
@@ -71,7 +72,7 @@ def write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
             handle.write(json.dumps(row) + "\n")
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
+def read_rows(path: Path) -> list[Mapping[str, Any]]:
     with path.open(encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
 
@@ -81,4 +82,4 @@ def head_inputs(row: Mapping[str, Any]) -> dict[str, float]:
     likelihood = estimator.AnswerLikelihood(
         row["answer_logprob_sum"], row["answer_logprob_mean"], int(row["answer_tokens"])
     )
-    return estimator.features(row["adapter_gap"], likelihood)
+    return estimator.features(row["adapter_gap"], likelihood, row["answer"])

@@ -43,30 +43,80 @@ def group_weights(rows: Sequence[Row]) -> np.ndarray:
     return np.array([len(rows) / (len(counts) * counts[r.get("group")]) for r in rows])
 
 
-def fit_head(rows: Sequence[Row], *, names: Sequence[str] = FEATURE_NAMES, c: float = HEAD_C) -> HeadParams:
-    """Logistic regression of correctness on the standardized features (group-weighted).
+# Signals whose slopes are learnt within sources, and regime features that only set the
+# level of confidence (see fit_head).
+SIGNALS = (
+    "adapter_gap",
+    "answer_logprob_sum",
+    "answer_logprob_mean",
+    "lettered_x_adapter_gap",
+    "lettered_x_logprob_sum",
+    "lettered_x_logprob_mean",
+)
+REGIME = ("answer_tokens_log", "lettered_answer")
+
+
+def stratum(row: Row) -> str:
+    """The fixed-effect group of a row: its record group and source."""
+    return f"{row.get('group')}:{row.get('source')}"
+
+
+def _standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale[scale == 0] = 1.0
+    return (x - mean) / scale, mean, scale
+
+
+def fit_head(
+    rows: Sequence[Row],
+    *,
+    signals: Sequence[str] = SIGNALS,
+    regime: Sequence[str] = REGIME,
+    c: float = HEAD_C,
+) -> HeadParams:
+    """A logistic head whose signal slopes say how answers rank *within* a source.
+
+    Pooled over sources, the signals mostly tell sources apart: the model's own greedy
+    answers are likely under it and mostly wrong, proposed choice texts are unlikely and
+    right half the time, so a plain logistic regression learns that a likely answer is
+    a wrong one, and ranks answers to the same question backwards. So, in two steps:
+    1. logistic regression of correctness on the standardized signals plus one indicator
+       per stratum (group and source): the slopes are within-source effects;
+    2. with that score as a fixed offset, the intercept and the regime features (answer
+       length, lettered answer) are fitted pooled: they set the level, not the order.
 
     Raises:
         ValueError: fewer than two classes among the rows.
     """
+    from scipy.optimize import minimize
     from sklearn.linear_model import LogisticRegression
 
-    x, y = feature_matrix(rows, names), labels(rows)
+    y, weights = labels(rows), group_weights(rows)
     if len(set(y.tolist())) < 2:
         raise ValueError("the head needs both correct and wrong answers to fit")
-    mean, scale = x.mean(axis=0), x.std(axis=0)
-    scale[scale == 0] = 1.0
-    model = LogisticRegression(C=c, max_iter=1000)
-    model.fit((x - mean) / scale, y, sample_weight=group_weights(rows))
+    z_sig, m_sig, s_sig = _standardize(feature_matrix(rows, signals))
+    strata = sorted({stratum(r) for r in rows})
+    dummies = np.array([[stratum(r) == k for k in strata] for r in rows], dtype=np.float64)
+    within = LogisticRegression(C=c, max_iter=2000).fit(np.hstack([z_sig, dummies]), y, sample_weight=weights)
+    slopes = within.coef_[0][: len(signals)]
+    offset = z_sig @ slopes
+    z_reg, m_reg, s_reg = _standardize(feature_matrix(rows, regime))
+
+    def loss(theta: np.ndarray) -> float:
+        z = offset + theta[0] + z_reg @ theta[1:]
+        # the same L2 penalty as step 1 (sklearn's 1 / (2C)) on the regime weights
+        return float(np.sum(weights * (np.logaddexp(0.0, z) - y * z)) + np.sum(theta[1:] ** 2) / (2 * c))
+
+    theta = minimize(loss, np.zeros(1 + len(regime)), method="L-BFGS-B").x
     counts: dict[str, int] = defaultdict(int)
     for r in rows:
         counts[str(r.get("group"))] += 1
     return HeadParams(
-        features=list(names),
-        coef=[float(v) for v in model.coef_[0]],
-        intercept=float(model.intercept_[0]),
-        mean=[float(v) for v in mean],
-        scale=[float(v) for v in scale],
+        features=[*signals, *regime],
+        coef=[float(v) for v in (*slopes, *theta[1:])],
+        intercept=float(theta[0]),
+        mean=[float(v) for v in (*m_sig, *m_reg)],
+        scale=[float(v) for v in (*s_sig, *s_reg)],
         fitted_on=dict(counts),
     )
 
@@ -111,8 +161,8 @@ class Calibrators:
 
 
 def one_feature(rows: Sequence[Row], name: str) -> HeadParams:
-    """Platt scaling of one signal: the same calibration the head gets, one input."""
-    return fit_head(rows, names=(name,))
+    """One signal through the same two-step fit as the head (within-source slope, regime level)."""
+    return fit_head(rows, signals=(name,))
 
 
 def source_rates(rows: Sequence[Row]) -> dict[str, float]:

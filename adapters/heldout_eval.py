@@ -46,6 +46,18 @@ def train_base_rate(graded: Sequence[Path]) -> float:
     return float(np.mean([regrade(r) for r in records]))
 
 
+def load_rows(signals: Path, name: str, graded: Sequence[Path], *, per_source: int = 100) -> list[Row]:
+    """Signal rows of one set; rows written before they carried their answer text get it
+    from the same deterministic record set the signals were read from."""
+    rows = read_rows(signals / f"{name}.jsonl")
+    if rows and "answer" not in rows[0]:
+        from adapters.signals_job import record_set
+
+        answers = {r.id: r.answer for r in record_set(name, graded, per_source)}
+        rows = [{**row, "answer": answers[row["id"]]} for row in rows]
+    return rows
+
+
 def question_key(row: Row) -> str:
     return str(row["id"]).split("#")[0]
 
@@ -142,8 +154,10 @@ def stratified_deltas(
     return out
 
 
-def fit(signals: Path, *, adapter_temperature: float, train_rate: float) -> tuple[Calibrators, list[Row]]:
-    cal_rows: list[Row] = list(read_rows(signals / "calibration.jsonl"))
+def fit(
+    signals: Path, graded: Sequence[Path], *, adapter_temperature: float, train_rate: float
+) -> tuple[Calibrators, list[Row]]:
+    cal_rows = load_rows(signals, "calibration", graded)
     # The zero-shot temperature and the source rates see the model's own answers only,
     # like the adapter's temperature did; pairs are a constructed 50 % set.
     own = [
@@ -157,6 +171,11 @@ def fit(signals: Path, *, adapter_temperature: float, train_rate: float) -> tupl
     return calibrators, cal_rows
 
 
+def _one(train: Sequence[Row], name: str) -> Any:
+    head = head_fit.one_feature(train, name)
+    return lambda held: head_fit.apply_head(head, held)
+
+
 def selection_numbers(cal: Calibrators, cal_rows: Sequence[Row], ood_rows: Sequence[Row]) -> dict[str, Any]:
     """What chooses the default method: out-of-fold calibration numbers and OOD numbers."""
     from service.calibration.metrics import auroc, ece
@@ -167,13 +186,21 @@ def selection_numbers(cal: Calibrators, cal_rows: Sequence[Row], ood_rows: Seque
         head = head_fit.fit_head(train)
         return lambda held: head_fit.apply_head(head, held)
 
+    # Out of fold for every fitted method, so none is judged on the rows it was fitted on.
     oof = head_fit.cross_fitted(rows, fitter)
+    oof_sum = head_fit.cross_fitted(rows, lambda t: _one(t, "answer_logprob_sum"))
+    oof_mean = head_fit.cross_fitted(rows, lambda t: _one(t, "answer_logprob_mean"))
     y = head_fit.labels(rows)
     scored = head_fit.method_confidences(cal, rows)
     out: dict[str, Any] = {"calibration_out_of_fold": {}, "ood": {}}
     for method, p in scored.items():
-        p = oof if method == "calibrated_head" else p
-        out["calibration_out_of_fold"][method] = {"auroc": auroc(p, y), "ece": ece(p, y), "n": len(rows)}
+        p = {"calibrated_head": oof, "likelihood_sum": oof_sum, "likelihood_mean": oof_mean}.get(method, p)
+        out["calibration_out_of_fold"][method] = {
+            "auroc": auroc(p, y),
+            "auroc_within_sources": stratified_auroc(p, y, [head_fit.stratum(r) for r in rows]),
+            "ece": ece(p, y),
+            "n": len(rows),
+        }
     for name, rows_ in ood_sets(ood_rows).items():
         yy = head_fit.labels(rows_)
         out["ood"][name] = {
@@ -184,11 +211,18 @@ def selection_numbers(cal: Calibrators, cal_rows: Sequence[Row], ood_rows: Seque
 
 
 def report(
-    cal: Calibrators, signals: Path, out_dir: Path, *, metadata: Mapping[str, Any], n_boot: int, seed: int
+    cal: Calibrators,
+    signals: Path,
+    graded: Sequence[Path],
+    out_dir: Path,
+    *,
+    metadata: Mapping[str, Any],
+    n_boot: int,
+    seed: int,
 ) -> dict[str, Any]:
     """The one read of the test split for this version, plus the OOD set; writes the report."""
-    test_rows = read_rows(signals / "test.jsonl")
-    sets = {**eval_sets(test_rows, prefix="test"), **ood_sets(read_rows(signals / "ood.jsonl"))}
+    test_rows = load_rows(signals, "test", graded)
+    sets = {**eval_sets(test_rows, prefix="test"), **ood_sets(load_rows(signals, "ood", graded))}
     results = score_sets(cal, sets)
     written = write_report(results, out_dir, metadata=metadata, n_boot=n_boot, seed=seed, baseline=BASELINE)
     written["stratified"] = stratified_deltas(results, sets, n_boot=n_boot, seed=seed)
@@ -238,8 +272,23 @@ def export_with_head(
     manifest.created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     manifest.head = head
     manifest.head_reference_histogram = ReferenceHistogram.model_validate(reference)
-    manifest.training_data = {**manifest.training_data, "head": note}
+    manifest.training_data = {**manifest.training_data, "lora_weights_from": f"{source.name}", "head": note}
+    # The source's held-out metrics describe the source; this version's come from its own report.
+    manifest.metrics = {}
     manifest.write(dest)
+
+
+def record_metrics(adapter_dir: Path, report: Mapping[str, Any]) -> None:
+    """Put the report's point estimates (per eval set and method) into the manifest."""
+    from service.lora.manifest import AdapterManifest
+
+    headline = ("accuracy", "ece", "auroc", "brier")
+    manifest = AdapterManifest.read(adapter_dir)
+    manifest.metrics = {
+        name: {m: {"n": s["n"], **{k: s[k]["value"] for k in headline}} for m, s in methods.items()}
+        for name, methods in report["eval_sets"].items()
+    }
+    manifest.write(adapter_dir)
 
 
 def format_accuracy(cal_rows: Sequence[Row]) -> dict[str, dict[str, Any]]:
@@ -268,36 +317,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="report directory")
     parser.add_argument("--select-only", action="store_true", help="fit, print selection numbers; no test")
     parser.add_argument("--export", type=Path, default=None, help="write a new version here with the head")
+    parser.add_argument(
+        "--record-in", type=Path, default=None, help="adapter whose manifest gets the metrics"
+    )
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     manifest = AdapterManifest.read(args.adapter)
+    labelled = [p for p in args.graded if "mmlu" not in p.name]
     cal, cal_rows = fit(
-        args.signals, adapter_temperature=manifest.temperature, train_rate=train_base_rate(args.graded)
+        args.signals,
+        args.graded,
+        adapter_temperature=manifest.temperature,
+        train_rate=train_base_rate(labelled),
     )
-    selection = selection_numbers(cal, cal_rows, read_rows(args.signals / "ood.jsonl"))
+    selection = selection_numbers(cal, cal_rows, load_rows(args.signals, "ood", args.graded))
     selection["format_accuracy_calibration"] = format_accuracy(cal_rows)
     selection["zero_shot_temperature"] = cal.zero_shot_temperature
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "selection.json").write_text(json.dumps(nan_to_none(selection), indent=2) + "\n")
     (args.out / "head.json").write_text(cal.head.model_dump_json(indent=2) + "\n")
     print(json.dumps(nan_to_none(selection), indent=1))
-    if args.select_only:
-        return 0
-    metadata = {
-        "signals_of": f"{manifest.name}/{manifest.version}",
-        "test_split_reads": "this report is the one read of the test split for the shipped version",
-        "zero_shot_temperature": cal.zero_shot_temperature,
-        "adapter_temperature": cal.adapter_temperature,
-        "train_base_rate": cal.train_rate,
-        "head": cal.head.model_dump(),
-    }
-    written = report(cal, args.signals, args.out, metadata=metadata, n_boot=args.n_boot, seed=args.seed)
-    stratified = nan_to_none(written["stratified"])
-    (args.out / "stratified.json").write_text(json.dumps(stratified, indent=2) + "\n")
-    with (args.out / "report.md").open("a", encoding="utf-8") as handle:
-        handle.write(render_stratified(stratified))
+    # The head is chosen and exported from calibration and OOD numbers only, before any test read.
     if args.export is not None:
         own = [
             *group(cal_rows, "labelled"),
@@ -311,6 +353,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         export_with_head(
             args.adapter, args.export, version=args.export.name, head=cal.head, reference=reference, note=note
         )
+    if args.select_only:
+        return 0
+    metadata = {
+        "signals_of": f"{manifest.name}/{manifest.version}",
+        "test_split_reads": "this report is the one read of the test split for the shipped version",
+        "zero_shot_temperature": cal.zero_shot_temperature,
+        "adapter_temperature": cal.adapter_temperature,
+        "train_base_rate": cal.train_rate,
+        "head": cal.head.model_dump(),
+    }
+    written = report(
+        cal, args.signals, args.graded, args.out, metadata=metadata, n_boot=args.n_boot, seed=args.seed
+    )
+    stratified = nan_to_none(written["stratified"])
+    if args.record_in is not None:
+        record_metrics(args.record_in, written)
+    (args.out / "stratified.json").write_text(json.dumps(stratified, indent=2) + "\n")
+    with (args.out / "report.md").open("a", encoding="utf-8") as handle:
+        handle.write(render_stratified(stratified))
     return 0
 
 

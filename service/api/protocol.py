@@ -20,6 +20,11 @@ class Method(str, Enum):
     calibrated_head = "calibrated_head"
 
 
+# The `method` metric label of a request that left the method unset and failed before
+# it was resolved (a resolved request is labelled with the method used).
+DEFAULT_METHOD_LABEL = "default"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
@@ -41,7 +46,11 @@ class GenerateRequest(_Strict):
     # Engines seed a 64-bit generator; a larger value would fail inside the engine.
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     adapter: str | None = Field(default=None, description="Uncertainty adapter; default = server default.")
-    method: Method = Method.adapter
+    method: Method | None = Field(
+        default=None,
+        description="Confidence method; unset = 'calibrated_head' when the adapter version has a "
+        "head, else 'adapter'. The response names the method used.",
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -108,7 +117,11 @@ class ScoreItem(_Strict):
 class ScoreRequest(_Strict):
     items: list[ScoreItem] = Field(min_length=1)
     adapter: str | None = None
-    method: Method = Method.adapter
+    method: Method | None = Field(
+        default=None,
+        description="Confidence method; unset = 'calibrated_head' when the adapter version has a "
+        "head, else 'adapter'. The response names the method used.",
+    )
 
 
 class ScoredItem(BaseModel):

@@ -13,12 +13,15 @@ Features of one (question, answer):
 - ``answer_logprob_sum`` / ``answer_logprob_mean``: the base model's log-probabilities
   of the answer's tokens as the assistant's reply to the question — for /score from a
   prefill, for /generate the sampled tokens' own log-probabilities;
-- ``answer_tokens_log``: log(1 + number of answer tokens), so length is weighed apart.
+- ``answer_tokens_log``: log(1 + number of answer tokens), so length is weighed apart;
+- ``lettered_*``: whether the answer picks a lettered choice ("B. text"), alone and
+  times the other signals.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -31,7 +34,15 @@ FEATURE_NAMES: tuple[str, ...] = (
     "answer_logprob_sum",
     "answer_logprob_mean",
     "answer_tokens_log",
+    "lettered_answer",
+    "lettered_x_adapter_gap",
+    "lettered_x_logprob_sum",
+    "lettered_x_logprob_mean",
 )
+# "B. some text": an answer that picks a lettered choice shown in the question. Its text
+# was copied from the question, so its likelihood means something else than a free
+# answer's; the lettered_x_* features give that regime its own slopes.
+LETTERED = re.compile(r"^\s*\(?[A-J][.)]\s")
 # An empty answer gets this per-token log-probability: "no evidence", far below any
 # real token, but finite so the head's arithmetic stays defined.
 EMPTY_ANSWER_LOGPROB = -20.0
@@ -60,13 +71,18 @@ def answer_likelihood(token_logprobs: Sequence[float]) -> AnswerLikelihood:
     return AnswerLikelihood(total, total / len(values), len(values))
 
 
-def features(adapter_gap: float, likelihood: AnswerLikelihood) -> dict[str, float]:
-    """The head's input, by name (see the module docstring)."""
+def features(adapter_gap: float, likelihood: AnswerLikelihood, answer: str) -> dict[str, float]:
+    """The head's input, by name (see the module docstring and LETTERED)."""
+    lettered = 1.0 if LETTERED.match(answer) else 0.0
     return {
         "adapter_gap": float(adapter_gap),
         "answer_logprob_sum": likelihood.logprob_sum,
         "answer_logprob_mean": likelihood.logprob_mean,
         "answer_tokens_log": math.log1p(likelihood.tokens),
+        "lettered_answer": lettered,
+        "lettered_x_adapter_gap": lettered * float(adapter_gap),
+        "lettered_x_logprob_sum": lettered * likelihood.logprob_sum,
+        "lettered_x_logprob_mean": lettered * likelihood.logprob_mean,
     }
 
 

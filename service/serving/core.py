@@ -63,9 +63,10 @@ class ConfidenceService:
         self.limits = limits
 
     @contextmanager
-    def reader(self, method: Method, adapter: str | None) -> Iterator[ConfidenceReader]:
+    def reader(self, method: Method | None, adapter: str | None) -> Iterator[ConfidenceReader]:
         """Resolve the adapter once, at the start of the request, and hold it to the end:
-        an adapter switch meanwhile does not change this request's version."""
+        an adapter switch meanwhile does not change this request's version. An unset
+        method is the version's calibrated head if it has one, else the adapter's query."""
         if method is Method.zero_shot:
             if adapter is not None:
                 raise InvalidRequestError(
@@ -76,6 +77,8 @@ class ConfidenceService:
         with self.registry.lease(adapter) as loaded:
             info = AdapterInfo(name=loaded.name, version=loaded.version)
             head = loaded.manifest.head
+            if method is None:
+                method = Method.adapter if head is None else Method.calibrated_head
             if method is Method.calibrated_head and head is None:
                 raise InvalidRequestError(
                     f"adapter {loaded.name}@{loaded.version} has no calibrated head; use method 'adapter'",
@@ -110,9 +113,9 @@ class ConfidenceService:
     async def read(self, query_ids: list[int], reader: ConfidenceReader) -> float:
         return cq.sigmoid(await self.gap(query_ids, reader) / reader.temperature)
 
-    def with_head(self, head: HeadParams, gap: float, answer_logprobs: list[float]) -> float:
+    def with_head(self, head: HeadParams, gap: float, answer: str, answer_logprobs: list[float]) -> float:
         likelihood = estimator.answer_likelihood(answer_logprobs)
-        return estimator.head_confidence(head, estimator.features(gap, likelihood))
+        return estimator.head_confidence(head, estimator.features(gap, likelihood, answer))
 
     async def read_scored(
         self, question: list[cq.Message], answer: str, query_ids: list[int], reader: ConfidenceReader
@@ -125,7 +128,7 @@ class ConfidenceService:
         gap, logprobs = await asyncio.gather(
             self.gap(query_ids, reader), self.engine.prompt_logprobs(ids, start=start)
         )
-        return self.with_head(reader.head, gap, logprobs)
+        return self.with_head(reader.head, gap, answer, logprobs)
 
     def generated_logprobs(self, completion: Completion) -> list[float]:
         """The sampled tokens' log-probabilities that belong to the answer text: an end-of-
@@ -177,7 +180,7 @@ class ConfidenceService:
             score = await self.read(query_ids, reader)
         else:
             gap = await self.gap(query_ids, reader)
-            score = self.with_head(reader.head, gap, self.generated_logprobs(completion))
+            score = self.with_head(reader.head, gap, completion.text, self.generated_logprobs(completion))
         return GenerateResponse(
             id=f"gen-{uuid.uuid4().hex}",
             text=completion.text,

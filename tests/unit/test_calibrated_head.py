@@ -19,10 +19,10 @@ from tests.unit.conftest import wait_ready, write_adapter
 
 HEAD = {
     "features": list(estimator.FEATURE_NAMES),
-    "coef": [0.7, 0.3, 0.5, -0.2],
+    "coef": [0.7, 0.3, 0.5, -0.2, 0.1, 0.2, 0.3, 0.4],
     "intercept": -1.0,
-    "mean": [0.0, -5.0, -2.0, 1.5],
-    "scale": [1.0, 3.0, 1.0, 0.5],
+    "mean": [0.0, -5.0, -2.0, 1.5, 0.1, 0.0, -1.0, -0.5],
+    "scale": [1.0, 3.0, 1.0, 0.5, 0.3, 1.0, 2.0, 1.0],
 }
 REFERENCE = {"bin_edges": [i / 10 for i in range(11)], "counts": [10] * 10}
 
@@ -43,7 +43,7 @@ def expected(
 ) -> float:
     chat = [{"role": "user", "content": question}]
     gap = fake_gap(cq.query_ids(engine.tokenizer, chat, answer), LoRA("x", lora_id, None))  # type: ignore[arg-type]
-    values = estimator.features(gap, estimator.answer_likelihood(answer_logprobs))
+    values = estimator.features(gap, estimator.answer_likelihood(answer_logprobs), answer)
     return estimator.head_confidence(estimator.HeadParams(**HEAD), values)
 
 
@@ -81,13 +81,20 @@ def test_generate_reads_the_sampled_tokens_log_probs_without_an_extra_pass(head_
 
 def test_the_adapter_method_stays_the_papers_query(head_client, engine):
     item = {"question": "Capital of France?", "answer": "Paris"}
-    body = head_client.post("/score", json={"items": [item]}).json()
+    body = head_client.post("/score", json={"items": [item], "method": "adapter"}).json()
     assert body["method"] == "adapter"
     assert "prompt_logprobs" not in [kind for kind, _ in engine.calls]
     lora_id = engine.calls[-1][1].int_id
     ids = cq.query_ids(engine.tokenizer, [{"role": "user", "content": item["question"]}], item["answer"])
     gap = fake_gap(ids, LoRA("x", lora_id, None))  # type: ignore[arg-type]
     assert body["items"][0]["confidence"] == pytest.approx(cq.sigmoid(gap / 2.0))
+
+
+def test_an_unset_method_is_the_head_where_the_version_has_one(head_client):
+    item = {"question": "q?", "answer": "a"}
+    assert head_client.post("/score", json={"items": [item]}).json()["method"] == "calibrated_head"
+    plain = head_client.post("/score", json={"items": [item], "adapter": "plain"}).json()
+    assert plain["method"] == "adapter"
 
 
 def test_an_adapter_without_a_head_refuses_the_method_with_a_400(head_client):
@@ -102,7 +109,7 @@ def test_an_adapter_without_a_head_refuses_the_method_with_a_400(head_client):
 def test_a_manifest_with_a_bad_head_is_not_served(tmp_path):
     path = write_adapter(tmp_path, "unc", "v3")
     data = json.loads((path / "manifest.json").read_text())
-    data["head"] = {**HEAD, "features": ["adapter_gap", "answer_logprob_sum", "answer_logprob_mean", "shoe"]}
+    data["head"] = {**HEAD, "features": [*estimator.FEATURE_NAMES[:-1], "shoe"]}
     (path / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match="unknown head features"):
         AdapterManifest.read(path)

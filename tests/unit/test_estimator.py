@@ -91,20 +91,43 @@ def _rows(n: int, seed: int = 0) -> list[dict]:
                 "answer_logprob_sum": mean * tokens,
                 "answer_logprob_mean": mean,
                 "answer_tokens": tokens,
+                "answer": "B. x" if i % 3 == 0 else "x",
             }
         )
     return rows
 
 
-def test_the_fitted_head_applied_by_the_service_math_matches_sklearn():
+def test_the_head_ranks_within_sources_where_pooling_would_rank_backwards():
+    """Simpson's paradox as in the real data: the model's own answers are likely and mostly
+    wrong, proposed choices unlikely and right half the time; inside each, likelier is righter."""
     from sklearn.linear_model import LogisticRegression
 
-    rows = _rows(400)
-    head = head_fit.fit_head(rows)
-    x = head_fit.feature_matrix(rows)
-    model = LogisticRegression(max_iter=1000).fit((x - x.mean(0)) / x.std(0), head_fit.labels(rows))
-    expected = model.predict_proba((x - x.mean(0)) / x.std(0))[:, 1]
-    assert head_fit.apply_head(head, rows) == pytest.approx(expected, abs=1e-6)
+    from adapters.stratified import stratified_auroc
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for source, level, rate in (("own", -0.5, 0.05), ("choices", -3.0, 0.5)):
+        for i in range(600):
+            correct = bool(rng.random() < rate)
+            mean = rng.normal(level + (0.6 if correct else 0.0), 0.4)
+            rows.append(
+                {
+                    "id": f"{source}{i}",
+                    "source": source,
+                    "group": source,
+                    "correct": correct,
+                    "adapter_gap": float(rng.normal()),
+                    "answer_logprob_sum": 2 * mean,
+                    "answer_logprob_mean": mean,
+                    "answer_tokens": 2,
+                    "answer": "x",
+                }
+            )
+    y, strata = head_fit.labels(rows), [r["source"] for r in rows]
+    pooled = LogisticRegression().fit(head_fit.feature_matrix(rows, ["answer_logprob_mean"]), y)
+    assert pooled.coef_[0][0] < 0  # what a plain fit learns
+    p = head_fit.apply_head(head_fit.fit_head(rows), rows)
+    assert stratified_auroc(p, y, strata) > 0.75
 
 
 def test_the_head_learns_to_rank_by_likelihood():

@@ -20,6 +20,7 @@ def _choice(q: int, c: int, gold: int, logprob_sum: float) -> dict:
         "answer_logprob_sum": logprob_sum,
         "answer_logprob_mean": logprob_sum / 2,
         "answer_tokens": 2,
+        "answer": f"choice {c}",
     }
 
 
