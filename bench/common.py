@@ -288,7 +288,6 @@ async def http_server(
 @asynccontextmanager
 async def serve_app(app: Any, engine: Any = None, *, ready_timeout_s: float = 900) -> AsyncIterator[str]:
     """Serve `app` (built around `engine`, if given) until the block ends; yields its URL once ready."""
-    import httpx
     import uvicorn
 
     port = free_port()
@@ -302,27 +301,38 @@ async def serve_app(app: Any, engine: Any = None, *, ready_timeout_s: float = 90
         engine.shutdown = lambda: None
     task = asyncio.create_task(server.serve())
     url = f"http://127.0.0.1:{port}"
+
+    def check_alive() -> None:
+        if task.done():
+            task.result()
+            raise RuntimeError("the server stopped during start-up")
+
     try:
-        deadline = time.monotonic() + ready_timeout_s
-        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-            while True:
-                if task.done():
-                    task.result()
-                    raise RuntimeError("the server stopped during start-up")
-                try:
-                    if (await client.get("/ready")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"server not ready after {ready_timeout_s} s")
-                await asyncio.sleep(0.2)
+        await wait_ready(f"{url}/ready", check_alive, timeout_s=ready_timeout_s)
         yield url
     finally:
         server.should_exit = True
         await task
         if engine is not None:
             engine.shutdown = original_shutdown
+
+
+async def wait_ready(url: str, check_alive: Callable[[], None], *, timeout_s: float) -> None:
+    """Poll `url` until it answers 200; `check_alive` raises if the server has died."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(timeout=10) as client:
+        while True:
+            check_alive()
+            try:
+                if (await client.get(url)).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} not ready after {timeout_s} s")
+            await asyncio.sleep(0.2)
 
 
 def free_port() -> int:

@@ -10,7 +10,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.api import error_mapping, middleware
-from service.api.routes import adapter_admin, feedback, generate, health, monitoring, score
+from service.api.openai import api_router as openai_api
+from service.api.routes import adapter_admin, decisions, feedback, generate, health, monitoring, score
+from service.decisions.selective import selective_for
+from service.decisions.shadow import ShadowPolicy
 from service.engine.base import Engine
 from service.monitoring.monitor import monitor_for
 from service.monitoring.prometheus import RequestMetricsMiddleware
@@ -34,6 +37,8 @@ async def _start(
         state.phase, state.detail = Phase.failed, f"start-up failed: {type(exc).__name__}: {exc}"
         on_fatal()
         return
+    state.service.shadow_policy = app.state.shadow
+    state.service.shadow_sink = app.state.monitor.record_shadow
     state.phase = Phase.ready
     log.info("ready: serving %s", state.engine.model_path)
     await watch_engine(state, on_fatal, interval_s=settings.watchdog_interval_s)
@@ -56,7 +61,7 @@ def build_app(
         finally:
             task.cancel()
             retention.cancel()
-            app.state.monitor.store.close()
+            app.state.monitor.close()
             if app.state.service_state.engine is not None:
                 app.state.service_state.engine.shutdown()
             if app.state.service_state.service is not None:
@@ -73,15 +78,17 @@ def build_app(
     app.state.admission = Admission(settings.max_inflight_sequences)
     app.state.deadline = Deadline(settings.request_timeout_s or None)
     app.state.monitor = monitor_for(settings, app.state.service_state, app.state.admission)
+    app.state.selective = selective_for(settings, app.state.monitor)
+    app.state.shadow = ShadowPolicy()
     # Added first, so it runs inside the metrics middleware: its 413s and the 499 it reports
     # for departed clients are counted like any other response.
-    middleware.install(app, max_body_bytes=settings.max_body_bytes)
+    middleware.install(app, max_body_bytes=settings.body_limit())
     app.add_middleware(
         RequestMetricsMiddleware,
         metrics=app.state.monitor.metrics,
         adapter_label=app.state.monitor.adapter_label,
     )
     error_mapping.install(app)
-    for module in (generate, score, adapter_admin, health, feedback, monitoring):
+    for module in (generate, score, adapter_admin, health, feedback, monitoring, openai_api, decisions):
         app.include_router(module.router)
     return app

@@ -86,11 +86,7 @@ def _feedback_export(args: argparse.Namespace) -> int:
     skipped = summary.labelled - summary.written
     print(
         f"wrote {summary.written} of {summary.labelled} labelled responses to {args.out}"
-        + (
-            f" (skipped {summary.without_text} without stored text, {summary.multi_turn} multi-turn)"
-            if skipped
-            else ""
-        ),
+        + (f" (skipped {summary.without_text} without stored text)" if skipped else ""),
         file=sys.stderr,
     )
     return 0

@@ -77,8 +77,15 @@ class Settings(BaseSettings):
         description="Longest a /generate or /score request may run before it gets a 504 and its engine "
         "work is aborted; 0 = no limit.",
     )
-    max_body_bytes: int = Field(
-        default=4 << 20, ge=1024, description="Largest request body; larger ones get 413 before parsing."
+    max_body_bytes: int | None = Field(
+        default=None,
+        ge=1024,
+        description="Largest request body; larger ones get 413 before parsing. Default: "
+        "max_model_len × 512 bytes, at least 1 MiB (a full context of text, UTF-8 and JSON-escaped, "
+        "with room for a /score batch).",
+    )
+    tokenizer_threads: int = Field(
+        default=1, ge=1, description="Threads that render and tokenize prompts (off the event loop)."
     )
     watchdog_interval_s: float = Field(
         default=2.0, gt=0, description="How often the engine's health is checked once serving."
@@ -106,9 +113,45 @@ class Settings(BaseSettings):
     feedback_retention_days: float = Field(
         default=90, ge=0, description="Served responses older than this are deleted; 0 keeps them forever."
     )
+    feedback_queue_size: int = Field(
+        default=10_000,
+        ge=1,
+        description="Served responses waiting to be recorded; when full, new ones are dropped (counted) "
+        "rather than delaying answers.",
+    )
+    feedback_store_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Bound on each wait for the outcome store (connect, lock, statement); /feedback "
+        "and /calibration answer 503 past it.",
+    )
     drift_window: int = Field(
         default=500, ge=10, description="Recent confidences per adapter compared with its reference (PSI)."
     )
+
+    selective_delta: float = Field(
+        default=0.05,
+        gt=0,
+        lt=1,
+        description="target_error_rate: the chosen threshold's error rate among answered items exceeds "
+        "the target with probability at most this.",
+    )
+    selective_min_live_labels: int = Field(
+        default=200,
+        ge=1,
+        description="target_error_rate: live labels of a version needed before they replace the "
+        "calibration split recorded with it.",
+    )
+
+    selective_cache_ttl_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="target_error_rate: thresholds are recomputed at least this often (labels sent to "
+        "other replicas), and at once when a label arrives here.",
+    )
+
+    def body_limit(self) -> int:
+        return self.max_body_bytes or max(1 << 20, self.max_model_len * 512)
 
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:

@@ -12,10 +12,18 @@ import asyncio
 import hashlib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
-from service.engine.base import Completion, Engine, GenerationResult, LoRA, SamplingOptions
+from service.engine.base import (
+    Completion,
+    Engine,
+    GenerationResult,
+    LoRA,
+    SamplingOptions,
+    StreamDelta,
+    TokenLogprob,
+)
 from service.errors import AdapterLoadError, EngineDeadError
 
 
@@ -53,6 +61,9 @@ class FakeEngine(Engine):
         self.dead = False
         self.latency_s = 0.01  # how long each engine call takes; tests raise it to keep calls in flight
         self.cancelled = 0  # calls cancelled while in flight (what aborts a vLLM request)
+        self.token_latency_s = 0.0  # pause between streamed tokens
+        self.streams_aborted = 0  # streams closed before their last token (what aborts a vLLM request)
+        self.streams_in_flight = 0
         self.in_flight = 0
         self.max_in_flight = 0
         self.calls: list[tuple[str, LoRA | None]] = []
@@ -93,17 +104,63 @@ class FakeEngine(Engine):
         finally:
             self.in_flight -= 1
 
+    def _answer(self, prompt_ids: Sequence[int], options: SamplingOptions) -> tuple[list[str], str]:
+        """The answer's words (echoing the prompt's last words) and its finish reason; a
+        stop string ends it before the stop word, as vLLM does."""
+        words = [w for w, i in self._tokenizer.vocab.items() if i in set(prompt_ids[-3:])]
+        tokens = (["Answer:", *words] * options.max_tokens)[: options.max_tokens]
+        for k, token in enumerate(tokens):
+            if any(stop in token for stop in options.stop):
+                return tokens[:k], "stop"
+        return tokens, "length" if len(tokens) == options.max_tokens else "stop"
+
+    @staticmethod
+    def _pieces(tokens: list[str]) -> list[str]:
+        """The text each token adds: the answer is the tokens joined by spaces."""
+        return [t if k == 0 else f" {t}" for k, t in enumerate(tokens)]
+
+    @staticmethod
+    def _logprobs(pieces: list[str], options: SamplingOptions) -> tuple[TokenLogprob, ...] | None:
+        if options.logprobs is None:
+            return None
+        top = (("Answer:", -0.25), ("<s>", -2.0), ("x", -3.0), ("y", -4.0), ("z", -5.0))
+        return tuple(TokenLogprob(p, -0.5, top[: options.logprobs]) for p in pieces)
+
     async def generate(
         self, prompt_ids: Sequence[int], options: SamplingOptions, *, lora: LoRA | None = None
     ) -> GenerationResult:
         await self._enter("generate", lora)
-        words = [w for w, i in self._tokenizer.vocab.items() if i in set(prompt_ids[-3:])]
-        tokens = (["Answer:", *words] * options.max_tokens)[: options.max_tokens]
-        finish = "length" if len(tokens) == options.max_tokens else "stop"
-        # A fixed log-probability per generated token, so tests can predict the head's input.
-        logprobs = [-0.5] * len(tokens) if options.logprobs else None
+        tokens, finish = self._answer(prompt_ids, options)
+        logprobs = self._logprobs(self._pieces(tokens), options)
         comps = [Completion(" ".join(tokens), finish, len(tokens), logprobs) for _ in range(options.n)]
         return GenerationResult(prompt_tokens=len(prompt_ids), completions=comps)
+
+    async def generate_stream(
+        self, prompt_ids: Sequence[int], options: SamplingOptions, *, lora: LoRA | None = None
+    ) -> AsyncGenerator[StreamDelta, None]:
+        await self._enter("generate_stream", lora)
+        tokens, finish = self._answer(prompt_ids, options)
+        pieces = self._pieces(tokens) or [""]
+        self.streams_in_flight += 1
+        done = False
+        try:
+            # Choices interleave token by token, as one vLLM request with n sequences does.
+            for k, piece in enumerate(pieces):
+                last = k == len(pieces) - 1
+                for index in range(options.n):
+                    yield StreamDelta(
+                        index=index,
+                        text=piece,
+                        tokens=1 if tokens else 0,
+                        logprobs=self._logprobs([piece] if tokens else [], options),
+                        finish_reason=finish if last else None,
+                    )
+                if not last:
+                    await asyncio.sleep(self.token_latency_s)
+            done = True
+        finally:
+            self.streams_in_flight -= 1
+            self.streams_aborted += not done
 
     async def next_token_logprobs(
         self, prompt_ids: Sequence[int], token_ids: Sequence[int], *, lora: LoRA | None = None

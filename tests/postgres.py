@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -15,6 +16,8 @@ from glob import glob
 from pathlib import Path
 
 import pytest
+
+_DATA_DIRS: dict[str, Path] = {}  # URL -> data directory of a running test server
 
 
 def _binary(name: str) -> str:
@@ -50,8 +53,39 @@ def postgres_server() -> Iterator[str]:
     options = f"-k {root} -p {port} -c listen_addresses=127.0.0.1"
     pg_ctl = [*as_user, _binary("pg_ctl"), "-D", str(data)]
     _run([*pg_ctl, "-o", options, "-w", "-l", str(root / "log"), "start"])
+    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    _DATA_DIRS[url] = data
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        yield url
     finally:
+        _DATA_DIRS.pop(url, None)
         subprocess.run([*pg_ctl, "-m", "immediate", "stop"], check=False, capture_output=True, timeout=60)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _server_pids(data: Path) -> list[int]:
+    """The postmaster (first line of postmaster.pid) and every process it forked."""
+    postmaster = int((data / "postmaster.pid").read_text().split()[0])
+    pids = [postmaster]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process exited meanwhile
+        if int(fields[1]) == postmaster:  # fields[1] is the parent pid
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+@contextmanager
+def paused(url: str) -> Iterator[None]:
+    """SIGSTOP every process of the test server at `url` (it accepts TCP connections in the
+    kernel but never answers, as a hung or overloaded database does); SIGCONT on exit."""
+    pids = _server_pids(_DATA_DIRS[url])
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)

@@ -70,9 +70,11 @@ class RequestGuard:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         error = PayloadTooLargeError(
-            f"request body exceeds this server's limit of {self.max_body_bytes} bytes", param="body"
+            f"request body exceeds this server's limit of {self.max_body_bytes} bytes "
+            "(CONFIDENCE_MAX_BODY_BYTES)",
+            param="body",
         )
-        response = error_response(error)
+        response = error_response(error, path=scope.get("path", ""))
         # The unread rest of the body makes the connection unusable for another request.
         response.headers["Connection"] = "close"
         await response(scope, receive, send)

@@ -27,6 +27,13 @@ PLAIN_LABELS = (" i", " ii")
 
 Message = dict[str, str]
 
+# How documents a RAG answer was based on (`context`) join the question: they open the
+# last user turn, numbered, before its text. A question without context renders exactly
+# as before, so adapters trained on plain questions are unaffected; bump this when the
+# rendering changes (manifests of adapters trained on context record it).
+CONTEXT_TEMPLATE_VERSION = "documents-v1"
+CONTEXT_HEADER = "Documents:"
+
 
 class ChatTokenizer(Protocol):
     """The slice of a Hugging Face tokenizer this module needs."""
@@ -71,6 +78,44 @@ def special_strings(tokenizer: Any) -> list[str]:
         if getattr(token, "special", False):
             strings.add(str(token.content))
     return sorted(strings, key=len, reverse=True)
+
+
+def render_context(text: str, context: Sequence[str]) -> str:
+    """A user turn's text with the documents before it:
+
+    Documents:
+    [1] first document
+    [2] second document
+
+    <the user's text>
+    """
+    documents = "\n".join(f"[{k}] {doc}" for k, doc in enumerate(context, start=1))
+    return f"{CONTEXT_HEADER}\n{documents}\n\n{text}"
+
+
+def question_chat(
+    *,
+    question: str | None = None,
+    messages: Sequence[Message] | None = None,
+    context: Sequence[str] | None = None,
+) -> list[Message]:
+    """The conversation a proposed answer replies to: `messages` (a chat ending in the
+    user's turn) or `question` as one user turn, with `context` rendered into that last
+    user turn (CONTEXT_TEMPLATE_VERSION).
+
+    Raises:
+        ValueError: neither or both of question/messages, or messages not ending with a user turn.
+    """
+    if (question is None) == (messages is None):
+        raise ValueError("give exactly one of question or messages")
+    chat = (
+        [dict(m) for m in messages] if messages is not None else [{"role": "user", "content": question or ""}]
+    )
+    if not chat or chat[-1].get("role") != "user":
+        raise ValueError("messages must end with a user turn")
+    if context:
+        chat[-1]["content"] = render_context(chat[-1]["content"], context)
+    return chat
 
 
 def query_messages(question: Sequence[Message], answer: str) -> list[Message]:

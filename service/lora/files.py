@@ -21,8 +21,12 @@ from service.lora.manifest import MANIFEST_FILE, NAME_PATTERN, AdapterManifest
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 # vLLM's LoRA layers cover the attention/MLP projections; adapters that also replace the
-# embeddings or the output head change what the label tokens mean, and vLLM 0.32 rejects them.
-FORBIDDEN_TENSOR_PARTS = ("embed_tokens", "lm_head", "embedding", "wte", "wpe")
+# embeddings or the output head (directly, as saved full modules or as trained tokens) change
+# what the label tokens mean, and vLLM 0.32 rejects them. The training job's export runs
+# this same check before it publishes a version.
+FORBIDDEN_TENSOR_PARTS = (
+    "embed_tokens", "lm_head", "embedding", "wte", "wpe", "modules_to_save", "trainable_tokens",
+)  # fmt: skip
 _NAME = re.compile(NAME_PATTERN)
 
 
@@ -62,11 +66,26 @@ def version_key(version: str) -> list[tuple[int, int | str]]:
     return [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", version) if p]
 
 
-def newest_version_dir(name_dir: Path) -> Path | None:
+def newest_version_dir(name_dir: Path, *, trained_only: bool = False) -> Path | None:
     """`<root>/<name>/<version>` of the newest version with a manifest (what serving starts
-    with), or None when there is none; hidden directories are ignored."""
+    with), or None when there is none; hidden directories are ignored.
+
+    trained_only: skip versions `confidence recalibrate` wrote. They serve only once promoted
+    through the admin API, so a restart must not pick up a candidate that was never promoted.
+    """
     versions = [v for v in name_dir.iterdir() if not v.name.startswith(".") and (v / MANIFEST_FILE).is_file()]
+    if trained_only:
+        versions = [v for v in versions if not is_recalibration(v)]
     return max(versions, key=lambda v: version_key(v.name), default=None)
+
+
+def is_recalibration(version_dir: Path) -> bool:
+    """Whether the version was written by `confidence recalibrate` (its manifest says so);
+    an unreadable manifest is left for the loader to refuse with its reason."""
+    try:
+        return "recalibration" in json.loads((version_dir / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def adapter_dir(root: Path, name: str, version: str) -> Path:
@@ -132,6 +151,11 @@ def tensor_names(path: Path) -> list[str]:
         raise AdapterLoadError(f"{path.name}: unreadable {WEIGHTS_FILE}: {exc}") from exc
 
 
+def forbidden_tensors(names: list[str]) -> list[str]:
+    """The tensor names a servable query adapter must not carry (see FORBIDDEN_TENSOR_PARTS)."""
+    return [n for n in names if any(part in n for part in FORBIDDEN_TENSOR_PARTS)]
+
+
 def check_files(path: Path, manifest: AdapterManifest, base: BaseModelInfo) -> None:
     """PEFT config and tensors: rank within the engine's limit, LoRA tensors only."""
     tag = f"{manifest.name}@{manifest.version}"
@@ -144,7 +168,7 @@ def check_files(path: Path, manifest: AdapterManifest, base: BaseModelInfo) -> N
     names = tensor_names(path)
     if not any("lora_A" in n for n in names) or not any("lora_B" in n for n in names):
         raise AdapterLoadError(f"adapter {tag}: {WEIGHTS_FILE} holds no LoRA A/B tensors")
-    extra = [n for n in names if any(part in n for part in FORBIDDEN_TENSOR_PARTS)]
+    extra = forbidden_tensors(names)
     if extra:
         raise AdapterLoadError(
             f"adapter {tag} carries embedding/output-head tensors ({extra[0]}, …); export LoRA weights only"

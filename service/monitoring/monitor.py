@@ -5,9 +5,12 @@ join it later), feeds the confidence histogram and the drift window, turns feedb
 stored labels and calibration counters, and computes the in-process calibration report.
 Routes call it after the serving core has answered; the core knows nothing of it.
 
-Recording a served response is best effort: a store failure is logged and counted, and the
-answer is still returned (serving matters more than monitoring); feedback for that response
-then gets a 404. Feedback itself is acknowledged only after its commit.
+Recording a served response is best effort and never delays the answer: it is queued for a
+background writer (service/feedback/writer.py); a full queue or a store failure is logged
+and counted, and feedback for that response then gets a 404. Feedback itself is
+acknowledged only after its commit. Every other store call runs on the store's own threads
+and gives up after a bound (503), so a hung database cannot exhaust the event loop's
+default thread pool.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import TypeVar
 
 from service.api.protocol import (
     AdapterInfo,
@@ -28,13 +34,29 @@ from service.api.protocol import (
     GenerateResponse,
     Method,
     ReliabilityBin,
+    RiskCoveragePoint,
     ScoreRequest,
     ScoreResponse,
 )
 from service.calibration import metrics as calib
+from service.calibration import risk
+from service.decisions.compare import shadow_comparisons
+from service.decisions.shadow import ShadowRead
 from service.engine.base import Engine
-from service.errors import EngineDeadError, FeedbackStoreError, InvalidRequestError
-from service.feedback.store import Label, Outcome, OutcomeStore, ServedItem, ServedResponse, open_store
+from service.errors import EngineDeadError, FeedbackStoreError, InvalidRequestError, ResponseNotFoundError
+from service.feedback.export import stored_chat
+from service.feedback.store import (
+    FeedbackResult,
+    Label,
+    Outcome,
+    OutcomeStore,
+    ServedItem,
+    ServedResponse,
+    ShadowPair,
+    ShadowRecord,
+    open_store,
+)
+from service.feedback.writer import RecordWriter
 from service.lora.manifest import ReferenceHistogram
 from service.lora.registry import LoadedAdapter
 from service.monitoring.drift import DriftWindow
@@ -46,6 +68,8 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 RETENTION_INTERVAL_S = 3600.0
+STORE_THREADS = 4  # concurrent feedback/calibration/purge calls; more wait their turn
+T = TypeVar("T")
 
 
 class CalibrationMonitor:
@@ -59,9 +83,13 @@ class CalibrationMonitor:
         store_prompts: bool,
         drift_window: int,
         retention_days: float,
+        queue_size: int = 10_000,
+        store_timeout_s: float = 5.0,
         clock: Callable[[], float] = time.time,
+        risk_delta: float = risk.DEFAULT_DELTA,
     ) -> None:
         self.store = store
+        self.risk_delta = risk_delta
         self.metrics = metrics
         self.adapters = adapters
         self.default_adapter = default_adapter
@@ -69,9 +97,52 @@ class CalibrationMonitor:
         self.drift_window = drift_window
         self.retention_days = retention_days
         self.clock = clock
+        self.store_timeout_s = store_timeout_s
         # (adapter name, version, method) -> its drift window; None when it has no usable
         # reference. Each method has its own reference: their confidence distributions differ.
         self._drift: dict[tuple[str, str, str], DriftWindow | None] = {}
+        # Called with each newly stored label (the decision thresholds recompute from them).
+        self.label_listeners: list[Callable[[Outcome], None]] = []
+        self._background: set[asyncio.Task[None]] = set()
+        # The writer reads self.store at each batch, so a test (or a reconfiguration) that
+        # swaps the store redirects recording too.
+        self.writer = RecordWriter(
+            lambda batch: self.store.record_many(batch),
+            capacity=queue_size,
+            on_drop=lambda n: self.metrics.records_dropped.inc(n),
+            on_error=lambda n: self.metrics.store_errors.labels("record").inc(n),
+        )
+        self._executor = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="outcome-store")
+
+    async def _in_store(self, operation: str, call: Callable[[], T], *, timeout_s: float) -> T:
+        """Run a blocking store call on the store's threads, bounded by `timeout_s`: past it
+        the caller gets FeedbackStoreError (503) while the thread finishes on its own."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(self._executor, call), timeout_s)
+        except FeedbackStoreError:
+            self.metrics.store_errors.labels(operation).inc()
+            raise
+        except TimeoutError as exc:
+            self.metrics.store_errors.labels(operation).inc()
+            raise FeedbackStoreError(
+                f"the feedback store did not answer within {timeout_s:g} s; retry later"
+            ) from exc
+
+    async def read_store(self, operation: str, call: Callable[[], T]) -> T:
+        """A read for another component (decision routes), on the store's threads, after the
+        responses already served are recorded; bounded like the calibration report."""
+
+        def after_recorded() -> T:
+            self.writer.wait_handled(self.store_timeout_s)
+            return call()
+
+        return await self._in_store(operation, after_recorded, timeout_s=2 * self.store_timeout_s)
+
+    def close(self) -> None:
+        """Write what is queued (bounded), then close the store."""
+        self.writer.close(self.store_timeout_s)
+        self.store.close()
 
     # ---------------------------------------------------------------- labels
 
@@ -91,21 +162,47 @@ class CalibrationMonitor:
         self.metrics.generated_tokens.inc(response.usage.completion_tokens)
         chat, answer = (request.chat(), response.text) if self.store_prompts else (None, None)
         item = ServedItem(index=0, confidence=response.confidence, chat=chat, answer=answer)
-        await self._served("generate", response.id, response.method, response.adapter, [item])
+        self._served("generate", response.id, response.method, response.adapter, [item])
 
     async def served_score(self, request: ScoreRequest, response: ScoreResponse) -> None:
         items = [
             ServedItem(
                 index=scored.index,
                 confidence=scored.confidence,
-                chat=[{"role": "user", "content": asked.question}] if self.store_prompts else None,
+                chat=stored_chat(asked.turns(), asked.context) if self.store_prompts else None,
                 answer=asked.answer if self.store_prompts else None,
             )
             for asked, scored in zip(request.items, response.items, strict=True)
         ]
-        await self._served("score", response.id, response.method, response.adapter, items)
+        self._served("score", response.id, response.method, response.adapter, items)
 
-    async def _served(
+    async def served_answers(
+        self,
+        endpoint: str,
+        response_id: str,
+        method: Method,
+        adapter: AdapterInfo | None,
+        question: list[dict[str, str]],
+        answers: list[tuple[int, str, float]],
+    ) -> None:
+        """Record (index, answer, confidence) choices of one response; a stream records each
+        choice as it ends, so its feedback id works as soon as the client sees it."""
+        items = [
+            ServedItem(
+                index=index,
+                confidence=confidence,
+                chat=question if self.store_prompts else None,
+                answer=answer if self.store_prompts else None,
+            )
+            for index, answer, confidence in answers
+        ]
+        self._served(endpoint, response_id, method, adapter, items)
+
+    def count_tokens(self, prompt_tokens: int, completion_tokens: int) -> None:
+        self.metrics.prompt_tokens.inc(prompt_tokens)
+        self.metrics.generated_tokens.inc(completion_tokens)
+
+    def _served(
         self,
         endpoint: str,
         response_id: str,
@@ -132,13 +229,34 @@ class CalibrationMonitor:
             served_at=self.clock(),
             items=tuple(items),
         )
+        if not self.writer.submit(served):
+            log.warning("response %s served but not recorded: the record queue is full", response_id)
+
+    def record_shadow(self, read: ShadowRead) -> None:
+        """Count a shadow read and store its confidences in the background (the answer is
+        already on its way; a store failure is only counted)."""
+        self.metrics.shadow_reads.labels(read.adapter, read.version, "failed" if read.failed else "ok").inc()
+        if read.failed:
+            return
+        record = ShadowRecord(
+            response_id=read.response_id,
+            adapter=read.adapter,
+            adapter_version=read.version,
+            method=read.method,
+            served_at=self.clock(),
+            confidences=read.confidences,
+        )
+        task = asyncio.get_running_loop().create_task(self._store_shadow(record))
+        self._background.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._background.discard)
+
+    async def _store_shadow(self, record: ShadowRecord) -> None:
         try:
-            await asyncio.to_thread(self.store.record, served)
-        except FeedbackStoreError as exc:
-            self.metrics.store_errors.labels("record").inc()
-            log.warning(
-                "response %s served but not recorded (feedback for it will 404): %s", response_id, exc
+            await self._in_store(
+                "shadow", lambda: self.store.record_shadow(record), timeout_s=self.store_timeout_s
             )
+        except FeedbackStoreError as exc:  # counted by _in_store
+            log.warning("shadow confidences of %s not recorded: %s", record.response_id, exc)
 
     def _window(self, adapter: AdapterInfo, method: Method) -> DriftWindow | None:
         """The drift window of this adapter version and method (created on its first confidence)."""
@@ -177,11 +295,22 @@ class CalibrationMonitor:
             FeedbackStoreError: the store failed; nothing was stored.
         """
         labels = [Label(item.id, item.index, item.correct, where) for where, item in request.labelled()]
-        try:
-            result = await asyncio.to_thread(self.store.add_feedback, labels, now=self.clock())
-        except FeedbackStoreError:
-            self.metrics.store_errors.labels("feedback").inc()
-            raise
+        now = self.clock()
+
+        def label() -> FeedbackResult:
+            # Responses served before this feedback may still be queued for recording.
+            recorded = self.writer.wait_handled(self.store_timeout_s)
+            try:
+                return self.store.add_feedback(labels, now=now)
+            except ResponseNotFoundError as exc:
+                if recorded:
+                    raise
+                raise FeedbackStoreError(
+                    "responses served moments ago are still being recorded; retry later"
+                ) from exc
+
+        # Bounded: waiting for the writer, then one transaction (each bounded by the store).
+        result = await self._in_store("feedback", label, timeout_s=3 * self.store_timeout_s)
         for outcome in result.recorded:
             assert outcome.correct is not None
             self.metrics.observe_feedback(
@@ -191,6 +320,8 @@ class CalibrationMonitor:
                 outcome.confidence,
                 outcome.correct,
             )
+            for listener in self.label_listeners:
+                listener(outcome)
         return FeedbackResponse(recorded=len(result.recorded), duplicates=result.duplicates)
 
     # ---------------------------------------------------------------- calibration report
@@ -199,18 +330,47 @@ class CalibrationMonitor:
         """Reliability table, ECE, Brier and AUROC of the feedback received in the window."""
         adapter = self._report_adapter(query)
         since = self.clock() - query.window_seconds()
-        try:
-            rows = await asyncio.to_thread(
-                self.store.outcomes,
-                labelled_since=since,
-                adapter=adapter,
-                method=query.method.value,
-                version=query.version,
+        rows = await self._in_store(
+            "calibration",
+            lambda: self.store.outcomes(
+                labelled_since=since, adapter=adapter, method=query.method.value, version=query.version
+            ),
+            timeout_s=2 * self.store_timeout_s,
+        )
+        pairs: list[ShadowPair] = []
+        if adapter is not None:
+            pairs = await self._in_store(
+                "calibration",
+                lambda: self.store.shadow_pairs(
+                    labelled_since=since, adapter=adapter, method=query.method.value, version=query.version
+                ),
+                timeout_s=2 * self.store_timeout_s,
             )
-        except FeedbackStoreError:
-            self.metrics.store_errors.labels("calibration").inc()
-            raise
-        return calibration_report(rows, adapter=adapter, query=query)
+        report = calibration_report(rows, adapter=adapter, query=query)
+        # The bootstraps of the comparison and the curve's bounds take a moment: off the loop.
+        return await asyncio.to_thread(self._decision_views, report, rows, pairs)
+
+    def _decision_views(
+        self, report: CalibrationResponse, rows: list[Outcome], pairs: list[ShadowPair]
+    ) -> CalibrationResponse:
+        """The risk-coverage curve of the labelled rows and the shadow comparisons."""
+        curve = []
+        if rows:
+            p = [r.confidence for r in rows]
+            y = [1.0 if r.correct else 0.0 for r in rows]
+            curve = [
+                RiskCoveragePoint(
+                    threshold=pt.threshold,
+                    answered=pt.answered,
+                    coverage=pt.coverage,
+                    error_rate=pt.error_rate,
+                    risk_upper_bound=pt.risk_upper_bound,
+                )
+                for pt in risk.risk_coverage(p, y, delta=self.risk_delta)
+            ]
+        return report.model_copy(
+            update={"delta": self.risk_delta, "risk_coverage": curve, "shadow": shadow_comparisons(pairs)}
+        )
 
     def _report_adapter(self, query: CalibrationQuery) -> str | None:
         if query.method is Method.zero_shot:
@@ -259,9 +419,10 @@ class CalibrationMonitor:
         while True:
             cutoff = self.clock() - self.retention_days * 86400
             try:
-                deleted = await asyncio.to_thread(self.store.purge, served_before=cutoff)
+                deleted = await self._in_store(
+                    "purge", partial(self.store.purge, served_before=cutoff), timeout_s=60.0
+                )
             except FeedbackStoreError as exc:
-                self.metrics.store_errors.labels("purge").inc()
                 log.warning("retention purge failed, retrying later: %s", exc)
             else:
                 if deleted:
@@ -325,11 +486,18 @@ def monitor_for(settings: Settings, state: ServiceState, admission: Admission) -
         return state.service.registry.default if state.service is not None else settings.default_adapter
 
     return CalibrationMonitor(
-        open_store(db_url=settings.feedback_db_url, db_path=settings.feedback_db_path),
+        open_store(
+            db_url=settings.feedback_db_url,
+            db_path=settings.feedback_db_path,
+            timeout_s=settings.feedback_store_timeout_s,
+        ),
         metrics,
         adapters=served_adapters,
         default_adapter=default_adapter,
         store_prompts=settings.feedback_store_prompts,
         drift_window=settings.drift_window,
         retention_days=settings.feedback_retention_days,
+        risk_delta=settings.selective_delta,
+        queue_size=settings.feedback_queue_size,
+        store_timeout_s=settings.feedback_store_timeout_s,
     )

@@ -19,7 +19,7 @@ from service.lora.manifest import weights_fingerprint
 from service.lora.ops import AdapterOps
 from service.lora.registry import AdapterRegistry, BaseModelInfo
 from service.lora.snapshot import AdapterSnapshots
-from service.serving.core import ConfidenceService, Limits
+from service.serving.core import ConfidenceService, Limits, chars_per_token_bound
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -105,13 +105,17 @@ async def start_service(
         settings.adapter_root, base, default=settings.default_adapter, snapshots=AdapterSnapshots()
     )
     await asyncio.to_thread(registry.scan)
+    chars_per_token = await asyncio.to_thread(chars_per_token_bound, engine.tokenizer)
     limits = Limits(
         max_model_len=engine.max_model_len,
         default_max_tokens=settings.default_max_tokens,
         max_tokens_limit=settings.max_tokens_limit,
         max_score_items=settings.max_score_items,
         query_reserve_tokens=settings.query_reserve_tokens,
+        max_input_chars=engine.max_model_len * chars_per_token,
     )
-    service = ConfidenceService(engine, registry, base.labels, limits)
+    service = ConfidenceService(
+        engine, registry, base.labels, limits, tokenizer_threads=settings.tokenizer_threads
+    )
     await warm_up(service)
     return engine, service, AdapterOps(engine, registry, drain_timeout_s=settings.adapter_drain_timeout_s)

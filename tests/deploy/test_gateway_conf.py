@@ -24,4 +24,4 @@ def test_gateway_waits_longer_than_the_service_time_limit() -> None:
 
 def test_gateway_body_limit_is_not_above_the_service_limit() -> None:
     assert directive("client_max_body_size") == "1m"
-    assert Settings().max_body_bytes >= 1 << 20
+    assert Settings().body_limit() >= 1 << 20

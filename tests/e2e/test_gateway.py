@@ -23,7 +23,7 @@ from tests.gateway import Gateway
 
 pytestmark = pytest.mark.e2e
 
-CLIENTS = ("plain", "generate", "oversize", "burst", "bystander", "internal", "reqid", "retry")
+CLIENTS = ("plain", "generate", "oversize", "burst", "bystander", "internal", "reqid", "retry", "openai")
 KEYS = {name: secrets.token_hex(24) for name in CLIENTS}
 
 
@@ -72,12 +72,36 @@ def test_good_key_reaches_the_service_and_gets_a_confidence(gateway: Gateway) ->
     )
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["method"] == "calibrated_head"  # the shipped default version has a head
+    assert body["method"] == "adapter"
     assert body["adapter"]["name"] == "smollm2-135m-uncertainty"
     assert 0.0 <= body["confidence"] <= 1.0
     # X-API-Key is the other accepted way to present a key.
     ready = httpx.get(f"{gateway.url}/ready", headers={"X-API-Key": KEYS["plain"]}, timeout=10)
     assert ready.status_code == 200, ready.text
+
+
+def test_openai_client_through_the_gateway_gets_confidences_streamed(gateway: Gateway) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=KEYS["openai"], timeout=300, max_retries=0)
+    model = client.models.list().data[0].id
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    plain = client.chat.completions.create(model=model, messages=question, max_tokens=16, temperature=0)
+    assert 0.0 <= plain.choices[0].confidence["value"] <= 1.0
+    chunks = list(
+        client.chat.completions.create(
+            model=model, messages=question, max_tokens=16, temperature=0, stream=True
+        )
+    )
+    assert len(chunks) > 3  # passed on chunk by chunk, not as one buffered body
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == plain.choices[0].message.content
+    assert chunks[-1].choices[0].confidence["value"] == pytest.approx(
+        plain.choices[0].confidence["value"], abs=1e-6
+    )
+    stranger = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="not-a-key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as refused:
+        stranger.models.list()
+    assert refused.value.body["type"] == "authentication_error"
 
 
 def test_oversized_body_is_413_before_the_service(gateway: Gateway) -> None:

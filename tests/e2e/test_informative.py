@@ -1,7 +1,7 @@
 """The shipped default's default method ranks right answers above wrong ones (issue 15).
 
-The README's own examples, scored by the embedded model through `/score` with the
-method unset, i.e. the default adapter version's calibrated head.
+The README's own examples, scored by the embedded model through `/score` with
+method "calibrated_head" of the default adapter version (v7).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ PAIRS = [
 @pytest.mark.parametrize(("question", "right", "wrong"), PAIRS, ids=["paris", "56", "shakespeare"])
 def test_default_method_scores_the_right_answer_above_the_wrong_one(server, question, right, wrong):
     items = [{"question": question, "answer": right}, {"question": question, "answer": wrong}]
-    response = httpx.post(f"{server}/score", json={"items": items}, timeout=120)
+    response = httpx.post(f"{server}/score", json={"items": items, "method": "calibrated_head"}, timeout=120)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["method"] == "calibrated_head"
@@ -36,7 +36,9 @@ def test_default_method_scores_the_right_answer_above_the_wrong_one(server, ques
 
 def test_generate_reads_the_head_from_the_sampled_answer(server):
     response = httpx.post(
-        f"{server}/generate", json={"prompt": "What is the capital of France?"}, timeout=120
+        f"{server}/generate",
+        json={"prompt": "What is the capital of France?", "method": "calibrated_head"},
+        timeout=120,
     )
     assert response.status_code == 200, response.text
     body = response.json()

@@ -15,7 +15,16 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from bench import hot_swap, load_test, lora_cost, overhead, quality, score_throughput, vs_sampling
+from bench import (
+    hot_swap,
+    load_test,
+    lora_cost,
+    openai_vs_vllm,
+    overhead,
+    quality,
+    score_throughput,
+    vs_sampling,
+)
 from bench.common import DEFAULT_ADAPTER, http_server, publish, settings_for
 from tests.integration.conftest import started_engine
 
@@ -91,3 +100,19 @@ async def test_load_200_clients_10_s_no_5xx_no_hangs(bench_engine, tiny_model, a
     publish(load_test.NAME, args, result, load_test.report)
     assert result["five_xx"] == 0 and result["hangs"] == 0 and result["errors"] == {}, result
     assert result["statuses"].get("200", 0) > 0
+
+
+@in_module_loop
+async def test_openai_vs_vllm_quick(bench_engine, tiny_model, adapter_root, tmp_path):
+    """Both arms answer the same chat requests; only ours carries confidences."""
+    args = quick_args(openai_vs_vllm, tiny_model, adapter_root, tmp_path / "out.json")
+    data = record(
+        publish(
+            openai_vs_vllm.NAME, args, await openai_vs_vllm.measure(args, bench_engine), openai_vs_vllm.report
+        )
+    )
+    assert set(data["ratios"]) == {"1", "2"}
+    assert all(r["latency_p50_ratio"] > 0 and r["throughput_ratio"] > 0 for r in data["ratios"].values())
+    total = sum(row["requests"] for row in data["confidence"]["clients"].values())
+    assert data["confidence"]["confidences_returned"] >= total
+    assert data["vllm"]["confidences_returned"] == 0

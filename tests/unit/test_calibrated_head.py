@@ -90,13 +90,6 @@ def test_the_adapter_method_stays_the_papers_query(head_client, engine):
     assert body["items"][0]["confidence"] == pytest.approx(cq.sigmoid(gap / 2.0))
 
 
-def test_an_unset_method_is_the_head_where_the_version_has_one(head_client):
-    item = {"question": "q?", "answer": "a"}
-    assert head_client.post("/score", json={"items": [item]}).json()["method"] == "calibrated_head"
-    plain = head_client.post("/score", json={"items": [item], "adapter": "plain"}).json()
-    assert plain["method"] == "adapter"
-
-
 def test_an_adapter_without_a_head_refuses_the_method_with_a_400(head_client):
     response = head_client.post(
         "/score",

@@ -22,6 +22,11 @@ def rows(db_path):
         ).fetchall()
 
 
+def recorded(client) -> None:
+    """Wait until the background writer has stored every response served so far."""
+    assert client.app.state.monitor.writer.wait_handled(10.0)
+
+
 def score(client, n, **extra):
     items = [{"question": f"question {i}?", "answer": f"answer {i}"} for i in range(n)]
     response = client.post("/score", json={"items": items, **extra})
@@ -32,6 +37,7 @@ def score(client, n, **extra):
 def test_every_served_confidence_is_recorded_without_text_by_default(client, settings):
     generated = client.post("/generate", json={"prompt": "capital of France?"}).json()
     scored = score(client, 3, method="zero_shot")
+    recorded(client)
     stored = rows(settings.feedback_db_path)
     assert len(stored) == 4
     by_key = {(r[0], r[1]): r for r in stored}
@@ -48,6 +54,7 @@ def test_prompt_text_is_stored_only_when_allowed(settings, engine):
     with TestClient(build_app(settings, engine=engine)) as client:
         wait_ready(client)
         generated = client.post("/generate", json={"prompt": "capital of France?"}).json()
+        recorded(client)
         (row,) = rows(settings.feedback_db_path)
     assert row[6] == '[{"role": "user", "content": "capital of France?"}]'
     assert row[7] == generated["text"]
@@ -140,6 +147,7 @@ def test_a_locked_store_is_a_503_and_nothing_is_acknowledged(client, settings):
         assert "retry-after" in response.headers
         # Serving goes on while the store is locked; the miss is counted.
         assert client.post("/generate", json={"prompt": "3+3?"}).status_code == 200
+        recorded(client)
     finally:
         blocker.rollback()
         blocker.close()

@@ -37,9 +37,11 @@ def test_export_writes_records_the_training_job_reads(store, tmp_path):
     serve(store, "g5", chat=user("other adapter"), answer="y", adapter="other", correct=True)
     out = tmp_path / "train.jsonl"
     summary = export_jsonl(store, out, adapter="unc")
-    assert (summary.written, summary.labelled, summary.multi_turn, summary.without_text) == (2, 3, 1, 0)
+    assert (summary.written, summary.labelled, summary.without_text) == (3, 3, 0)
     records = {r.question: r for r in read_graded_jsonl(out)}
-    assert set(records) == {"Who wrote Hamlet?", "2+2?"}
+    assert set(records) == {"Who wrote Hamlet?", "2+2?", "capital?"}
+    assert records["capital?"].messages == chat and records["capital?"].chat() == chat
+    assert records["Who wrote Hamlet?"].messages is None
     hamlet = records["Who wrote Hamlet?"]
     assert (hamlet.answer, hamlet.correct, hamlet.source, hamlet.id) == (
         "Shakespeare",

@@ -61,8 +61,7 @@ def test_requests_are_counted_and_timed_with_bounded_labels(client):
     zero = {"endpoint": "/score", "method": "zero_shot", "adapter": "none", "code": "200"}
     assert sample(client, "confidence_requests_total", **zero) == 1
     # A name the client made up must not become a label value.
-    # a request that left the method unset and failed before it resolved is labelled "default"
-    unserved = {"endpoint": "/generate", "method": "default", "adapter": "unserved", "code": "404"}
+    unserved = {"endpoint": "/generate", "method": "adapter", "adapter": "unserved", "code": "404"}
     assert sample(client, "confidence_requests_total", **unserved) == 1
     invalid = {"endpoint": "/generate", "method": "", "adapter": "", "code": "400"}
     assert sample(client, "confidence_requests_total", **invalid) == 1

@@ -45,6 +45,7 @@ def listing(registry: AdapterRegistry) -> AdapterList:
         default=default.spec if default else None,
         adapters=[summary(registry, a) for a in registry.list()],
         rejected=registry.rejected,
+        previous_default=registry.previous_default,
     )
 
 
@@ -65,6 +66,13 @@ async def load_adapter(request: LoadAdapterRequest, ops: OpsDep, _: AdminDep) ->
 async def set_default(request: SetDefaultRequest, ops: OpsDep, _: AdminDep) -> AdapterList:
     """Atomically switch what requests naming no adapter get."""
     await ops.set_default(request.adapter)
+    return listing(ops.registry)
+
+
+@router.post("/admin/adapters/{name}/rollback", response_model=AdapterList, responses=ERRORS)
+async def rollback_default(name: str, ops: OpsDep, _: AdminDep) -> AdapterList:
+    """Return the default from `name`'s current version to the previous default."""
+    await ops.rollback(name)
     return listing(ops.registry)
 
 

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api.deps import AdmissionDep, DeadlineDep, LabelsDep, MonitorDep, ServiceDep
+from service.api.deps import AdmissionDep, DeadlineDep, LabelsDep, MonitorDep, SelectiveDep, ServiceDep
 from service.api.error_mapping import INFERENCE_ERRORS
-from service.api.protocol import DEFAULT_METHOD_LABEL, ScoreRequest, ScoreResponse
+from service.api.protocol import ScoreRequest, ScoreResponse
 
 router = APIRouter()
 
@@ -21,12 +21,13 @@ async def score(
     deadline: DeadlineDep,
     monitor: MonitorDep,
     labels: LabelsDep,
+    selective: SelectiveDep,
 ) -> ScoreResponse:
     """Confidence that each (question, answer) pair — from any model — is correct."""
-    # Unset methods resolve per adapter version; the label follows the resolved one.
-    labels.note(request.method.value if request.method else DEFAULT_METHOD_LABEL, request.adapter)
+    labels.note(request.method.value, request.adapter)
+    await selective.check(request, service.registry, method=request.method, adapter=request.adapter)
     with admission.admit(len(request.items)):
         response = await deadline.within(service.score(request))
-    labels.note(response.method.value, request.adapter)
+    response = await selective.score(request, response)
     await monitor.served_score(request, response)
     return response
