@@ -1,4 +1,4 @@
-"""The shipped default's default method ranks right answers above wrong ones (issue 15).
+"""The shipped default version's calibrated head ranks right answers above wrong ones (issue 15).
 
 The README's own examples, scored by the embedded model through `/score` with
 method "calibrated_head" of the default adapter version (v7).
@@ -23,7 +23,7 @@ PAIRS = [
 
 
 @pytest.mark.parametrize(("question", "right", "wrong"), PAIRS, ids=["paris", "56", "shakespeare"])
-def test_default_method_scores_the_right_answer_above_the_wrong_one(server, question, right, wrong):
+def test_calibrated_head_scores_the_right_answer_above_the_wrong_one(server, question, right, wrong):
     items = [{"question": question, "answer": right}, {"question": question, "answer": wrong}]
     response = httpx.post(f"{server}/score", json={"items": items, "method": "calibrated_head"}, timeout=120)
     assert response.status_code == 200, response.text
