@@ -117,7 +117,7 @@ def plugin_commands() -> dict[str, Callable[[list[str]], int]]:
     for ep in entry_points(group=PLUGIN_GROUP):
         try:
             commands[ep.name] = ep.load()
-        except ImportError as exc:  # a plugin whose package is broken must not break `serve`
+        except (ImportError, AttributeError) as exc:  # a broken plugin must not break `serve`
             log.warning("command %r not available: %s", ep.name, exc)
     return commands
 
