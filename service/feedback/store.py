@@ -416,17 +416,7 @@ class OutcomeStore:
     ) -> list[Outcome]:
         """Labelled rows, oldest feedback first, optionally filtered. `adapter=None` with
         a method filter selects rows of any adapter."""
-        where = ["correct IS NOT NULL"]
-        params: list[Any] = []
-        for column, value in (
-            ("feedback_at >=", labelled_since),
-            ("adapter =", adapter),
-            ("method =", method),
-            ("adapter_version =", version),
-        ):
-            if value is not None:
-                where.append(f"{column} ?")
-                params.append(value)
+        where, params = _label_filter(labelled_since, adapter, method, version)
         query = (
             f"SELECT {COLUMNS} FROM {TABLE} WHERE {' AND '.join(where)} "
             "ORDER BY feedback_at, response_id, item_index"
@@ -435,11 +425,48 @@ class OutcomeStore:
             cursor.execute(self._sql(query), params)
             return [Outcome.from_row(r) for r in cursor.fetchall()]
 
+    def label_counts(
+        self,
+        *,
+        labelled_since: float | None = None,
+        adapter: str | None = None,
+        method: str | None = None,
+        version: str | None = None,
+    ) -> list[tuple[float, bool, int]]:
+        """(confidence, correct, how many) of labelled rows, filtered as `outcomes`: the only
+        two columns a calibration report needs, grouped by the database (no text is read)."""
+        where, params = _label_filter(labelled_since, adapter, method, version)
+        query = (
+            f"SELECT confidence, correct, COUNT(*) FROM {TABLE} WHERE {' AND '.join(where)} "
+            "GROUP BY confidence, correct ORDER BY confidence"
+        )
+        with self._transaction(write=False) as cursor:
+            cursor.execute(self._sql(query), params)
+            return [(float(c), bool(y), int(n)) for c, y, n in cursor.fetchall()]
+
     def purge(self, *, served_before: float) -> int:
         """Delete rows served before the cutoff (the retention period); returns how many."""
         with self._transaction(durable=False) as cursor:
             cursor.execute(self._sql(f"DELETE FROM {TABLE} WHERE served_at < ?"), (served_before,))
             return int(cursor.rowcount)
+
+
+def _label_filter(
+    labelled_since: float | None, adapter: str | None, method: str | None, version: str | None
+) -> tuple[list[str], list[Any]]:
+    """WHERE clauses (joined by AND) and parameters selecting labelled rows."""
+    where = ["correct IS NOT NULL"]
+    params: list[Any] = []
+    for column, value in (
+        ("feedback_at >=", labelled_since),
+        ("adapter =", adapter),
+        ("method =", method),
+        ("adapter_version =", version),
+    ):
+        if value is not None:
+            where.append(f"{column} ?")
+            params.append(value)
+    return where, params
 
 
 def _labelled(row: Outcome, correct: bool, now: float) -> Outcome:

@@ -24,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TypeVar
 
+import numpy as np
+
 from service.api.protocol import (
     AdapterInfo,
     CalibrationQuery,
@@ -44,7 +46,6 @@ from service.feedback.export import stored_chat
 from service.feedback.store import (
     FeedbackResult,
     Label,
-    Outcome,
     OutcomeStore,
     ServedItem,
     ServedResponse,
@@ -63,6 +64,9 @@ log = logging.getLogger(__name__)
 
 RETENTION_INTERVAL_S = 3600.0
 STORE_THREADS = 4  # concurrent feedback/calibration/purge calls; more wait their turn
+CALIBRATION_CACHE_S = 10.0
+CALIBRATION_CACHE_ENTRIES = 256
+MAX_WINDOW_DAYS_WITHOUT_RETENTION = 3660  # retention 0 keeps rows forever; a window still has an end
 T = TypeVar("T")
 
 
@@ -101,6 +105,10 @@ class CalibrationMonitor:
             on_error=lambda n: self.metrics.store_errors.labels("record").inc(n),
         )
         self._executor = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="outcome-store")
+        # (adapter, method, version, window) -> (expires at, report)
+        self._calibration_cache: dict[
+            tuple[str | None, str, str | None, str], tuple[float, CalibrationResponse]
+        ] = {}
 
     async def _in_store(self, operation: str, call: Callable[[], T], *, timeout_s: float) -> T:
         """Run a blocking store call on the store's threads, bounded by `timeout_s`: past it
@@ -260,6 +268,8 @@ class CalibrationMonitor:
 
         # Bounded: waiting for the writer, then one transaction (each bounded by the store).
         result = await self._in_store("feedback", label, timeout_s=3 * self.store_timeout_s)
+        if result.recorded:
+            self._calibration_cache.clear()  # this replica's reports show its own labels at once
         for outcome in result.recorded:
             assert outcome.correct is not None
             self.metrics.observe_feedback(
@@ -274,17 +284,36 @@ class CalibrationMonitor:
     # ---------------------------------------------------------------- calibration report
 
     async def calibration(self, query: CalibrationQuery) -> CalibrationResponse:
-        """Reliability table, ECE, Brier and AUROC of the feedback received in the window."""
+        """Reliability table, ECE, Brier and AUROC of the feedback received in the window
+        (at most the retention period). The same query within CALIBRATION_CACHE_S gets the
+        same report: a dashboard polling it costs one database query, not one per viewer."""
         adapter = self._report_adapter(query)
-        since = self.clock() - query.window_seconds()
-        rows = await self._in_store(
-            "calibration",
-            lambda: self.store.outcomes(
+        self._check_window(query)
+        key = (adapter, query.method.value, query.version, query.window)
+        now = self.clock()
+        cached = self._calibration_cache.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        since = now - query.window_seconds()
+
+        def report() -> CalibrationResponse:
+            counts = self.store.label_counts(
                 labelled_since=since, adapter=adapter, method=query.method.value, version=query.version
-            ),
-            timeout_s=2 * self.store_timeout_s,
-        )
-        return calibration_report(rows, adapter=adapter, query=query)
+            )
+            return calibration_report(counts, adapter=adapter, query=query)
+
+        result = await self._in_store("calibration", report, timeout_s=2 * self.store_timeout_s)
+        if len(self._calibration_cache) >= CALIBRATION_CACHE_ENTRIES:
+            self._calibration_cache.clear()
+        self._calibration_cache[key] = (now + CALIBRATION_CACHE_S, result)
+        return result
+
+    def _check_window(self, query: CalibrationQuery) -> None:
+        days = self.retention_days or MAX_WINDOW_DAYS_WITHOUT_RETENTION
+        if query.window_seconds() > days * 86400:
+            raise InvalidRequestError(
+                f"window {query.window} is longer than the {days:g} days feedback is kept", param="window"
+            )
 
     def _report_adapter(self, query: CalibrationQuery) -> str | None:
         if query.method is Method.zero_shot:
@@ -344,19 +373,21 @@ class CalibrationMonitor:
 
 
 def calibration_report(
-    rows: list[Outcome], *, adapter: str | None, query: CalibrationQuery
+    counts: list[tuple[float, bool, int]], *, adapter: str | None, query: CalibrationQuery
 ) -> CalibrationResponse:
-    """The metrics of labelled rows, computed by the training job's own functions (same bins,
-    same definitions as the adapter's evaluation report); null metrics when there are none."""
-    p = [r.confidence for r in rows]
-    y = [1.0 if r.correct else 0.0 for r in rows]
+    """The metrics of labelled rows given as (confidence, correct, count) groups, computed by
+    the training job's own functions (same bins, same definitions as the adapter's evaluation
+    report); null metrics when there are none."""
+    weights = np.array([n for _, _, n in counts], dtype=np.int64)
+    p = np.repeat([c for c, _, _ in counts], weights)
+    y = np.repeat([1.0 if correct else 0.0 for _, correct, _ in counts], weights)
     report = CalibrationResponse(
         adapter=adapter,
         method=query.method,
         version=query.version,
         window_s=query.window_seconds(),
-        n=len(rows),
-        n_correct=int(sum(y)),
+        n=int(p.size),
+        n_correct=int(y.sum()),
         accuracy=None,
         mean_confidence=None,
         ece=None,
@@ -365,7 +396,7 @@ def calibration_report(
         note="no feedback in this window",
         bins=[ReliabilityBin(lower=k / N_BINS, upper=(k + 1) / N_BINS, count=0) for k in range(N_BINS)],
     )
-    if not rows:
+    if not p.size:
         return report
     auroc = calib.auroc(p, y)
     return report.model_copy(
