@@ -7,9 +7,10 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from service.api import error_mapping, middleware
+from service.api.deps import identify_client
 from service.api.openai import api_router as openai_api
 from service.api.routes import adapter_admin, feedback, generate, health, monitoring, score
 from service.engine.base import Engine
@@ -68,6 +69,7 @@ def build_app(
         description="Answers with a calibrated probability of being correct (Kapoor et al. 2024).",
         version="0.1.0",
         lifespan=lifespan,
+        dependencies=[Depends(identify_client)],
     )
     app.state.settings = settings
     app.state.service_state = ServiceState()

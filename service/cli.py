@@ -77,7 +77,10 @@ def _feedback_export(args: argparse.Namespace) -> int:
     store = open_store(db_url=settings.feedback_db_url, db_path=settings.feedback_db_path)
     since = time.time() - args.days * 86400 if args.days else None
     try:
-        summary = export_jsonl(store, Path(args.out), adapter=args.adapter, since=since)
+        trusted_only = args.trusted_only or settings.calibration_trusted_only
+        summary = export_jsonl(
+            store, Path(args.out), adapter=args.adapter, since=since, trusted_only=trusted_only
+        )
     except (NothingToExportError, FeedbackStoreError) as exc:
         print(f"confidence feedback export: {exc}", file=sys.stderr)
         return 1
@@ -101,6 +104,12 @@ def _feedback_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     export.add_argument("--out", required=True, help="JSONL file to write")
     export.add_argument("--adapter", help="only responses scored by this adapter")
     export.add_argument("--days", type=float, help="only feedback received in the last N days")
+    export.add_argument(
+        "--trusted-only",
+        action="store_true",
+        help="only labels from CONFIDENCE_FEEDBACK_LABELLERS "
+        "(always so when CONFIDENCE_CALIBRATION_TRUSTED_ONLY is set)",
+    )
     export.set_defaults(func=_feedback_export)
 
 

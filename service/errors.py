@@ -142,6 +142,13 @@ class ResponseNotFoundError(ServiceError):
     error_type = "response_not_found"
 
 
+class FeedbackForbiddenError(ServiceError):
+    """Feedback for a response served to another client (only it or a labeller may label)."""
+
+    status_code = 403
+    error_type = "feedback_forbidden"
+
+
 class FeedbackConflictError(ServiceError):
     """Feedback contradicts feedback already recorded for the same item."""
 

@@ -125,6 +125,20 @@ class Settings(BaseSettings):
         description="Bound on each wait for the outcome store (connect, lock, statement); /feedback "
         "and /calibration answer 503 past it.",
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or CIDR networks of the gateway: only from these is the X-Confidence-Client "
+        "header believed (JSON list in the environment).",
+    )
+    feedback_labellers: list[str] = Field(
+        default_factory=list,
+        description="Client ids that may label any response; others only label what was served to them.",
+    )
+    calibration_trusted_only: bool = Field(
+        default=False,
+        description="Count only labels from feedback_labellers in /calibration, the calibration metrics "
+        "(and their alerts) and feedback exports.",
+    )
     drift_window: int = Field(
         default=500, ge=10, description="Recent confidences per adapter compared with its reference (PSI)."
     )

@@ -42,10 +42,12 @@ from service.api.protocol import (
 from service.calibration import metrics as calib
 from service.engine.base import Engine
 from service.errors import EngineDeadError, FeedbackStoreError, InvalidRequestError, ResponseNotFoundError
+from service.feedback.clients import current_client
 from service.feedback.export import stored_chat
 from service.feedback.store import (
     FeedbackResult,
     Label,
+    Labeller,
     OutcomeStore,
     ServedItem,
     ServedResponse,
@@ -81,6 +83,8 @@ class CalibrationMonitor:
         store_prompts: bool,
         drift_window: int,
         retention_days: float,
+        labellers: Iterable[str] = (),
+        trusted_only: bool = False,
         queue_size: int = 10_000,
         store_timeout_s: float = 5.0,
         clock: Callable[[], float] = time.time,
@@ -94,6 +98,8 @@ class CalibrationMonitor:
         self.retention_days = retention_days
         self.clock = clock
         self.store_timeout_s = store_timeout_s
+        self.labellers = frozenset(labellers)
+        self.trusted_only = trusted_only  # calibration from trusted labellers' labels only
         # (adapter name, version) -> its drift window; None when it has no usable reference
         self._drift: dict[tuple[str, str], DriftWindow | None] = {}
         # The writer reads self.store at each batch, so a test (or a reconfiguration) that
@@ -214,6 +220,7 @@ class CalibrationMonitor:
             adapter_version=adapter.version if adapter else None,
             served_at=self.clock(),
             items=tuple(items),
+            client=current_client.get(),
         )
         if not self.writer.submit(served):
             log.warning("response %s served but not recorded: the record queue is full", response_id)
@@ -253,12 +260,14 @@ class CalibrationMonitor:
         """
         labels = [Label(item.id, item.index, item.correct, where) for where, item in request.labelled()]
         now = self.clock()
+        client = current_client.get()
+        by = Labeller(client=client, trusted=client is not None and client in self.labellers)
 
         def label() -> FeedbackResult:
             # Responses served before this feedback may still be queued for recording.
             recorded = self.writer.wait_handled(self.store_timeout_s)
             try:
-                return self.store.add_feedback(labels, now=now)
+                return self.store.add_feedback(labels, now=now, by=by)
             except ResponseNotFoundError as exc:
                 if recorded:
                     raise
@@ -272,6 +281,8 @@ class CalibrationMonitor:
             self._calibration_cache.clear()  # this replica's reports show its own labels at once
         for outcome in result.recorded:
             assert outcome.correct is not None
+            if self.trusted_only and not outcome.label_trusted:
+                continue  # stored, but not counted in the calibration series
             self.metrics.observe_feedback(
                 outcome.adapter or NO_ADAPTER,
                 outcome.adapter_version or NO_ADAPTER,
@@ -298,7 +309,11 @@ class CalibrationMonitor:
 
         def report() -> CalibrationResponse:
             counts = self.store.label_counts(
-                labelled_since=since, adapter=adapter, method=query.method.value, version=query.version
+                labelled_since=since,
+                adapter=adapter,
+                method=query.method.value,
+                version=query.version,
+                trusted_only=self.trusted_only,
             )
             return calibration_report(counts, adapter=adapter, query=query)
 
@@ -437,6 +452,8 @@ def monitor_for(settings: Settings, state: ServiceState, admission: Admission) -
         store_prompts=settings.feedback_store_prompts,
         drift_window=settings.drift_window,
         retention_days=settings.feedback_retention_days,
+        labellers=settings.feedback_labellers,
+        trusted_only=settings.calibration_trusted_only,
         queue_size=settings.feedback_queue_size,
         store_timeout_s=settings.feedback_store_timeout_s,
     )
