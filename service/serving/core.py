@@ -379,12 +379,15 @@ class ConfidenceService:
                         response_id, len(prompt.ids), event.completion, event.confidence, reader
                     )
 
-    async def score(self, request: ScoreRequest) -> ScoreResponse:
+    def check_items(self, request: ScoreRequest) -> None:
         if len(request.items) > self.limits.max_score_items:
             raise InvalidRequestError(
                 f"{len(request.items)} items exceed this server's limit of {self.limits.max_score_items}",
                 param="items",
             )
+
+    async def score(self, request: ScoreRequest) -> ScoreResponse:
+        self.check_items(request)
         with self.reader(request.method, request.adapter) as reader:
             return await self._score(request, reader)
 

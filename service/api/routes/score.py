@@ -24,6 +24,7 @@ async def score(
 ) -> ScoreResponse:
     """Confidence that each (question, answer) pair — from any model — is correct."""
     labels.note(request.method.value, request.adapter)
+    service.check_items(request)  # before admission: an over-limit batch must not get a 429 it can never pass
     with admission.admit(len(request.items)):
         response = await deadline.within(service.score(request))
     await monitor.served_score(request, response)
