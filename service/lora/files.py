@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from service.calibration.query import QUERY_TEMPLATE_VERSION, LabelTokens
+from service.calibration.query import QUERY_TEMPLATE_VERSION, LabelTokens, template_compatible
 from service.errors import AdapterLoadError, AdapterNotFoundError, InvalidRequestError
 from service.lora.manifest import MANIFEST_FILE, NAME_PATTERN, AdapterManifest
 
@@ -109,7 +109,7 @@ def read_manifest(path: Path) -> AdapterManifest:
 def check_manifest(manifest: AdapterManifest, base: BaseModelInfo) -> None:
     """Raise AdapterLoadError if the adapter was trained for another model or template."""
     tag = f"{manifest.name}@{manifest.version}"
-    if manifest.template_version != QUERY_TEMPLATE_VERSION:
+    if not template_compatible(manifest.template_version):
         raise AdapterLoadError(
             f"adapter {tag} was trained with query template {manifest.template_version!r}; "
             f"this service renders {QUERY_TEMPLATE_VERSION!r}",
