@@ -19,7 +19,7 @@ from service.monitoring.prometheus import RequestMetricsMiddleware
 from service.serving.admission import Admission
 from service.serving.deadline import Deadline
 from service.serving.lifecycle import Phase, ServiceState, start_service
-from service.serving.watchdog import watch_engine
+from service.serving.watchdog import Canary, watch_engine
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,15 +30,32 @@ async def _start(
 ) -> None:
     state: ServiceState = app.state.service_state
     try:
-        state.engine, state.service, state.ops = await start_service(settings, engine)
+        # A start that hangs (a stuck download, a device that never answers) must end too:
+        # past the deadline /health turns 503 and the orchestrator restarts the process.
+        started = start_service(settings, engine)
+        state.engine, state.service, state.ops = await asyncio.wait_for(
+            started, settings.startup_timeout_s or None
+        )
+    except asyncio.TimeoutError:
+        log.critical("start-up did not finish within %g s", settings.startup_timeout_s)
+        state.phase = Phase.failed
+        state.detail = f"start-up did not finish within {settings.startup_timeout_s:g} s"
+        on_fatal()
+        return
     except Exception as exc:  # any start-up failure is fatal: report it, do not lose it
         log.exception("start-up failed")
         state.phase, state.detail = Phase.failed, f"start-up failed: {type(exc).__name__}: {exc}"
         on_fatal()
         return
+    assert state.engine is not None
     state.phase = Phase.ready
     log.info("ready: serving %s", state.engine.model_path)
-    await watch_engine(state, on_fatal, interval_s=settings.watchdog_interval_s)
+    canary = Canary(
+        interval_s=settings.watchdog_canary_interval_s,
+        timeout_s=settings.watchdog_canary_timeout_s,
+        failures=settings.watchdog_canary_failures,
+    )
+    await watch_engine(state, on_fatal, interval_s=settings.watchdog_interval_s, canary=canary)
 
 
 def build_app(

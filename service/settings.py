@@ -90,6 +90,24 @@ class Settings(BaseSettings):
     watchdog_interval_s: float = Field(
         default=2.0, gt=0, description="How often the engine's health is checked once serving."
     )
+    watchdog_canary_interval_s: float = Field(
+        default=30.0, gt=0, description="How often the watchdog makes one tiny real engine read."
+    )
+    watchdog_canary_timeout_s: float = Field(
+        default=60.0, gt=0, description="A canary read slower than this counts as no progress."
+    )
+    watchdog_canary_failures: int = Field(
+        default=2,
+        ge=1,
+        description="Slow canary reads in a row after which the engine counts as wedged "
+        "and the process exits (the orchestrator restarts it).",
+    )
+    startup_timeout_s: float = Field(
+        default=1800.0,
+        ge=0,
+        description="Longest start-up (model fetch, load, warm-up) before /health turns 503 and the "
+        "process exits; 0 = no limit.",
+    )
     log_level: str = "info"
     drain_timeout_s: int = Field(
         default=30,
