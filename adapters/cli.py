@@ -1,4 +1,4 @@
-"""The training job's commands: `confidence label|train|eval`.
+"""The training job's commands: `confidence label|train|eval|recalibrate`.
 
 They plug into the service's `confidence` command line through the `confidence.commands`
 entry-point group (pyproject.toml), so the service never imports the training job and a
@@ -49,3 +49,10 @@ def evaluate(argv: list[str]) -> int:
     report = run_eval(config)  # type: ignore[arg-type]
     print(json.dumps({k: list(v) for k, v in report["eval_sets"].items()}))
     return 0
+
+
+def recalibrate(argv: list[str]) -> int:
+    """refit a served version's temperature on live labels; promote it only if better"""
+    from adapters.recalibrate import main as recalibrate_main
+
+    return recalibrate_main(argv)

@@ -30,6 +30,7 @@ from service.lora.manifest import (
     NAME_PATTERN,
     AdapterManifest,
     BaseModelIdentity,
+    CalibrationOutcomes,
     LabelTokenIds,
     ReferenceHistogram,
     weights_fingerprint,
@@ -100,10 +101,13 @@ def export_adapter(
     metrics: dict[str, Any],
     reference_histogram: dict[str, Any] | None,
     base_model_name: str | None = None,
+    calibration_outcomes: dict[str, Any] | None = None,
 ) -> Path:
     """Write out_root/name/version/ (adapter config, weights, manifest); returns it.
 
-    base_model_name defaults to the base model directory's name.
+    base_model_name defaults to the base model directory's name. calibration_outcomes: the
+    labelled logit gaps the temperature was fitted on ({split, gaps, correct}), kept with
+    the version for the service's target_error_rate thresholds.
 
     Raises:
         ValueError: a bad name or version, an adapter that is not a plain LoRA, carries
@@ -142,6 +146,11 @@ def export_adapter(
         reference_histogram=(
             ReferenceHistogram.model_validate(reference_histogram)
             if reference_histogram is not None
+            else None
+        ),
+        calibration_outcomes=(
+            CalibrationOutcomes.model_validate(calibration_outcomes)
+            if calibration_outcomes is not None
             else None
         ),
     )

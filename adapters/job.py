@@ -115,6 +115,13 @@ def fit_served_temperature(model: str, adapter_dir: Path, records: list[GradedRe
         **fit.to_dict(),
         "sources": dict(by_source),
         "per_source": per_source_calibration(records, apply_temperature(g, fit.temperature), y),
+        # Kept with the version (manifest calibration_outcomes, not its metrics): the service's
+        # target_error_rate thresholds rest on them until live labels arrive.
+        "calibration_outcomes": {
+            "split": "calibration" + (" + MMLU validation" if by_source.get("mmlu") else ""),
+            "gaps": [float(v) for v in g],
+            "correct": [bool(v) for v in y],
+        },
     }
 
 
@@ -168,6 +175,7 @@ def run_job(config: TrainConfig, args: QueryTrainingArguments, job: JobConfig) -
     if not is_main_process():
         return None
     fit = fit_served_temperature(config.model, adapter_dir, calibration_records(config, job))
+    calibration_outcomes = fit.pop("calibration_outcomes")
     log.info("temperature %.3f (NLL %.4f -> %.4f)", fit["temperature"], fit["nll_before"], fit["nll_after"])
     return export_adapter(
         adapter_dir,
@@ -180,6 +188,7 @@ def run_job(config: TrainConfig, args: QueryTrainingArguments, job: JobConfig) -
         metrics={"temperature_fit": fit},
         reference_histogram=None,
         base_model_name=job.base_model_name,
+        calibration_outcomes=calibration_outcomes,
     )
 
 

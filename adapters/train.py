@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -235,6 +236,9 @@ def train(config: TrainConfig, args: QueryTrainingArguments) -> Path:
     if not args.output_dir:
         raise ValueError("output_dir: required")
     output_dir = Path(args.output_dir)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() and not args.use_cpu:
+        # Without it accelerate sees no distributed CPU run and each process trains alone.
+        args = dataclasses.replace(args, use_cpu=True)
     set_seed(args.seed)
     base, tokenizer = load_base(config.model, config.dtype)
     tokens = label_tokens(tokenizer)

@@ -199,10 +199,13 @@ class QueryTrainer(Trainer):
         return divergence(logits, base_logits, inputs["prefix_mask"], kind=self.kl_type)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Adds the mean label loss and divergence since the last log to a training log."""
+        """Adds the mean label loss and divergence since the last log to a training log,
+        averaged over every process (the global batch), so a DDP run's curve reads like a
+        single process's."""
         if "loss" in logs:
             for name, values in self._parts.items():
                 if values:
-                    logs[name] = float(np.mean(values))
+                    mean = torch.tensor(float(np.mean(values)), device=self.args.device)
+                    logs[name] = float(self.accelerator.reduce(mean, reduction="mean"))
                 values.clear()
         super().log(logs, start_time)

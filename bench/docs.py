@@ -104,6 +104,16 @@ def load_test(r: dict[str, Any]) -> list[str]:
     return md(list(COLUMNS.values()), rows)
 
 
+def openai_vs_vllm(r: dict[str, Any]) -> list[str]:
+    rows = []
+    for clients, ratio in r["ratios"].items():
+        mine, theirs = r["confidence"]["clients"][clients], r["vllm"]["clients"][clients]
+        rows.append([clients, theirs["p50_s"], mine["p50_s"], ratio["latency_p50_ratio"]])
+        rows[-1] += [theirs["throughput_rps"], mine["throughput_rps"], ratio["throughput_ratio"]]
+    cols = ["clients", "vLLM p50 s", "ours p50 s", "latency ratio", "vLLM req/s", "ours req/s", "ratio"]
+    return md(cols, rows)
+
+
 SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "overhead": ("Confidence overhead (goal ≤ 1.15)", overhead),
     "vs_sampling": ("Versus sampling self-consistency", vs_sampling),
@@ -112,6 +122,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "hot_swap": ("Hot swap", hot_swap),
     "lora_cost": ("CPU LoRA cost (target ≤ 1.3x at batch 16)", lora_cost),
     "load_test": ("Load test", load_test),
+    "openai_vs_vllm": ("/v1/chat/completions with confidence vs vLLM's OpenAI server", openai_vs_vllm),
 }
 
 

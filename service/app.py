@@ -12,7 +12,9 @@ from fastapi import Depends, FastAPI
 from service.api import error_mapping, middleware
 from service.api.deps import identify_client
 from service.api.openai import api_router as openai_api
-from service.api.routes import adapter_admin, feedback, generate, health, monitoring, score
+from service.api.routes import adapter_admin, decisions, feedback, generate, health, monitoring, score
+from service.decisions.selective import selective_for
+from service.decisions.shadow import ShadowPolicy
 from service.engine.base import Engine
 from service.monitoring.monitor import monitor_for
 from service.monitoring.prometheus import RequestMetricsMiddleware
@@ -47,7 +49,9 @@ async def _start(
         state.phase, state.detail = Phase.failed, f"start-up failed: {type(exc).__name__}: {exc}"
         on_fatal()
         return
-    assert state.engine is not None
+    assert state.engine is not None and state.service is not None
+    state.service.shadow_policy = app.state.shadow
+    state.service.shadow_sink = app.state.monitor.record_shadow
     state.phase = Phase.ready
     log.info("ready: serving %s", state.engine.model_path)
     canary = Canary(
@@ -93,6 +97,8 @@ def build_app(
     app.state.admission = Admission(settings.max_inflight_sequences)
     app.state.deadline = Deadline(settings.request_timeout_s or None)
     app.state.monitor = monitor_for(settings, app.state.service_state, app.state.admission)
+    app.state.selective = selective_for(settings, app.state.monitor)
+    app.state.shadow = ShadowPolicy()
     # Added first, so it runs inside the metrics middleware: its 413s and the 499 it reports
     # for departed clients are counted like any other response.
     middleware.install(app, max_body_bytes=settings.body_limit())
@@ -102,6 +108,6 @@ def build_app(
         adapter_label=app.state.monitor.adapter_label,
     )
     error_mapping.install(app)
-    for module in (generate, score, adapter_admin, health, feedback, monitoring, openai_api):
+    for module in (generate, score, adapter_admin, health, feedback, monitoring, openai_api, decisions):
         app.include_router(module.router)
     return app

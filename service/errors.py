@@ -19,6 +19,10 @@ class ServiceError(Exception):
         """Extra response headers (Retry-After, WWW-Authenticate)."""
         return {"Retry-After": "5"} if self.status_code == 503 else None
 
+    def details(self) -> dict[str, object]:
+        """Extra fields of the error body beside type, message and param."""
+        return {}
+
 
 class InvalidRequestError(ServiceError):
     """The request is well-formed JSON but cannot be served as asked (names the field)."""
@@ -168,3 +172,26 @@ class FeedbackStoreError(ServiceError):
 
     status_code = 503
     error_type = "feedback_store_unavailable"
+
+
+class NotEnoughLabelsError(ServiceError):
+    """target_error_rate asked for, but the labels of that adapter version and method are too
+    few (or too often wrong) for any threshold to meet it with the stated guarantee."""
+
+    status_code = 409
+    error_type = "not_enough_labels"
+
+    def __init__(self, message: str, *, labels: int, labels_needed: int | None, param: str) -> None:
+        super().__init__(message, param=param)
+        self.labels = labels
+        self.labels_needed = labels_needed
+
+    def details(self) -> dict[str, object]:
+        return {"labels": self.labels, "labels_needed": self.labels_needed}
+
+
+class ShadowConflictError(ServiceError):
+    """A shadow cannot be attached as asked (not loaded, or the default itself)."""
+
+    status_code = 409
+    error_type = "shadow_conflict"

@@ -161,6 +161,27 @@ class Settings(BaseSettings):
         default=500, ge=10, description="Recent confidences per adapter compared with its reference (PSI)."
     )
 
+    selective_delta: float = Field(
+        default=0.05,
+        gt=0,
+        lt=1,
+        description="target_error_rate: the chosen threshold's error rate among answered items exceeds "
+        "the target with probability at most this.",
+    )
+    selective_min_live_labels: int = Field(
+        default=200,
+        ge=1,
+        description="target_error_rate: live labels of a version needed before they replace the "
+        "calibration split recorded with it.",
+    )
+
+    selective_cache_ttl_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="target_error_rate: thresholds are recomputed at least this often (labels sent to "
+        "other replicas), and at once when a label arrives here.",
+    )
+
     def body_limit(self) -> int:
         return self.max_body_bytes or max(1 << 20, self.max_model_len * 512)
 

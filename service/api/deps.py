@@ -8,6 +8,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from service.decisions.selective import SelectiveAnswering
+from service.decisions.shadow import ShadowPolicy
 from service.errors import AdminDisabledError, EngineDeadError, EngineNotReadyError, UnauthorizedError
 from service.feedback.clients import client_from, current_client
 from service.lora.ops import AdapterOps
@@ -79,6 +81,16 @@ async def identify_client(request: Request) -> None:
     current_client.set(client_from(host, request.headers, settings.trusted_proxies))
 
 
+def get_selective(request: Request) -> SelectiveAnswering:
+    selective: SelectiveAnswering = request.app.state.selective
+    return selective
+
+
+def get_shadow(request: Request) -> ShadowPolicy:
+    shadow: ShadowPolicy = request.app.state.shadow
+    return shadow
+
+
 def get_deadline(request: Request) -> Deadline:
     deadline: Deadline = request.app.state.deadline
     return deadline
@@ -92,3 +104,5 @@ AdmissionDep = Annotated[Admission, Depends(get_admission)]
 MonitorDep = Annotated[CalibrationMonitor, Depends(get_monitor)]
 LabelsDep = Annotated[RequestLabels, Depends(get_request_labels)]
 DeadlineDep = Annotated[Deadline, Depends(get_deadline)]
+SelectiveDep = Annotated[SelectiveAnswering, Depends(get_selective)]
+ShadowDep = Annotated[ShadowPolicy, Depends(get_shadow)]

@@ -22,6 +22,7 @@ def _error(
     message: str,
     param: str | None,
     headers: dict[str, str] | None = None,
+    details: dict[str, Any] | None = None,
     *,
     path: str = "",
 ) -> JSONResponse:
@@ -29,7 +30,7 @@ def _error(
     if is_openai_path(path):
         body = error_body(status, message, param, type_)
     else:
-        body = ErrorResponse(error=ErrorBody(type=type_, message=message, param=param))
+        body = ErrorResponse(error=ErrorBody(type=type_, message=message, param=param, **(details or {})))
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
@@ -44,7 +45,9 @@ def _param(loc: tuple[Any, ...]) -> str | None:
 
 def error_response(exc: ServiceError, *, path: str = "") -> JSONResponse:
     """The JSON response for a typed error (also used by the ASGI middleware, outside FastAPI)."""
-    return _error(exc.status_code, exc.error_type, exc.message, exc.param, exc.headers(), path=path)
+    return _error(
+        exc.status_code, exc.error_type, exc.message, exc.param, exc.headers(), exc.details(), path=path
+    )
 
 
 async def service_error(request: Request, exc: Exception) -> JSONResponse:

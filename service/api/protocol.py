@@ -5,7 +5,18 @@ from __future__ import annotations
 from enum import Enum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 MAX_TEXT_CHARS = 200_000  # a cheap bound checked before tokenizing; the token limit is the real one
 MAX_MESSAGES = 128  # turns of one chat (the model's context bounds the text, this the list)
@@ -37,17 +48,86 @@ def _check_chat(messages: list[ChatMessage] | None) -> list[ChatMessage] | None:
     return messages
 
 
-class GenerateRequest(_Strict):
+class Decision(str, Enum):
+    answer = "answer"
+    abstain = "abstain"
+
+
+class DecisionsWhenAsked(BaseModel):
+    """A response whose `decision` / `selection` fields appear only when the request asked for
+    a decision, so clients that don't see exactly what they always did (JSON and SSE alike)."""
+
+    # No return annotation on purpose: pydantic then documents the model's own schema.
+    @model_serializer(mode="wrap")
+    def _omit_unasked(self, handler: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
+        data = handler(self)
+        for key in ("decision", "selection"):
+            if key in data and data[key] is None:
+                del data[key]
+        return data
+
+
+class Selective(BaseModel):
+    """Optional selective answering: without these fields nothing in the response changes."""
+
+    abstain_below: StrictFloat | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Answer when the confidence is >= this, else abstain: adds `decision` to the response.",
+    )
+    # Below 0.001 the labels a guarantee needs run into the thousands of millions.
+    target_error_rate: StrictFloat | None = Field(
+        default=None,
+        ge=0.001,
+        lt=1.0,
+        description="The server picks the lowest threshold whose error rate among answered items is <= "
+        "this (with probability >= 1 - delta, from labelled outcomes of the adapter version): adds "
+        "`decision` and `selection`. 409 when too few labels exist for any threshold to qualify.",
+    )
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> Selective:
+        if self.abstain_below is not None and self.target_error_rate is not None:
+            raise ValueError("give at most one of 'abstain_below' or 'target_error_rate'")
+        return self
+
+
+class Selection(BaseModel):
+    """How the answer/abstain threshold was set."""
+
+    threshold: float = Field(description="Answer when confidence >= threshold.")
+    source: Literal["request", "outcome_store", "calibration_split"] = Field(
+        description="request: the client's abstain_below; outcome_store: live labels of this adapter "
+        "version and method; calibration_split: the labelled split recorded with the version."
+    )
+    target_error_rate: float | None = None
+    delta: float | None = Field(
+        default=None,
+        description="The error rate among answered items exceeds the target with "
+        "probability at most delta (over the labelled sample).",
+    )
+    expected_coverage: float | None = Field(
+        default=None, description="Fraction of labelled items the threshold answers."
+    )
+    n_labels: int | None = Field(default=None, description="Labelled items the threshold rests on.")
+    risk_upper_bound: float | None = Field(
+        default=None, description="(1 - delta) upper bound on the error rate among answered items."
+    )
+
+
+class GenerateRequest(_Strict, Selective):
     prompt: str | None = Field(default=None, max_length=MAX_TEXT_CHARS, description="A single user turn.")
     messages: list[ChatMessage] | None = Field(
         default=None, min_length=1, max_length=MAX_MESSAGES, description="A chat; must end with a user turn."
     )
-    max_tokens: int | None = Field(default=None, ge=1, description="Defaults to the server's default.")
+    # Strict: a quoted number is refused as the schema says, not silently converted.
+    max_tokens: StrictInt | None = Field(default=None, ge=1, description="Defaults to the server's default.")
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(default=None, max_length=8)
     # Engines seed a 64-bit generator; a larger value would fail inside the engine.
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    seed: StrictInt | None = Field(default=None, ge=0, le=2**63 - 1)
     adapter: str | None = Field(default=None, description="Uncertainty adapter; default = server default.")
     method: Method = Method.adapter
     stream: bool = Field(
@@ -91,7 +171,7 @@ class Usage(BaseModel):
     total_tokens: int
 
 
-class GenerateResponse(BaseModel):
+class GenerateResponse(DecisionsWhenAsked):
     id: str
     text: str
     confidence: float = Field(ge=0.0, le=1.0, description="Calibrated probability the answer is correct.")
@@ -99,6 +179,10 @@ class GenerateResponse(BaseModel):
     adapter: AdapterInfo | None
     usage: Usage
     finish_reason: str
+    decision: Decision | None = Field(
+        default=None, description="Only with abstain_below or target_error_rate."
+    )
+    selection: Selection | None = Field(default=None, description="Only with target_error_rate.")
 
 
 class GenerateDelta(BaseModel):
@@ -149,22 +233,26 @@ class ScoreItem(_Strict):
         return [{"role": "user", "content": self.question or ""}]
 
 
-class ScoreRequest(_Strict):
+class ScoreRequest(_Strict, Selective):
     items: list[ScoreItem] = Field(min_length=1)
     adapter: str | None = None
     method: Method = Method.adapter
 
 
-class ScoredItem(BaseModel):
+class ScoredItem(DecisionsWhenAsked):
     index: int
     confidence: float = Field(ge=0.0, le=1.0)
+    decision: Decision | None = Field(
+        default=None, description="Only with abstain_below or target_error_rate."
+    )
 
 
-class ScoreResponse(BaseModel):
+class ScoreResponse(DecisionsWhenAsked):
     id: str
     method: Method
     adapter: AdapterInfo | None
     items: list[ScoredItem]
+    selection: Selection | None = Field(default=None, description="Only with target_error_rate.")
 
 
 class AdapterSummary(BaseModel):
@@ -188,6 +276,9 @@ class AdapterList(BaseModel):
     default: str | None = Field(description="name@version that requests naming no adapter get.")
     adapters: list[AdapterSummary]
     rejected: dict[str, str] = Field(default_factory=dict, description="Adapters on disk refused, and why.")
+    previous_default: str | None = Field(
+        default=None, description="name@version a rollback of the default returns to."
+    )
 
 
 class LoadAdapterRequest(_Strict):
@@ -202,10 +293,12 @@ class SetDefaultRequest(_Strict):
 
 class FeedbackItem(_Strict):
     id: str = Field(
-        min_length=1, max_length=MAX_ID_CHARS, description="`id` of a /generate or /score response."
+        min_length=1, max_length=MAX_ID_CHARS, description="`id` of a /generate, /score or /v1 response."
     )
     index: int | None = Field(
-        default=None, ge=0, description="Item of a /score response; omit for /generate."
+        default=None,
+        ge=0,
+        description="Item of a /score response or choice of a /v1 one; omit for /generate.",
     )
     correct: StrictBool = Field(description="Whether the answer was correct.")
 
@@ -215,7 +308,9 @@ class FeedbackRequest(_Strict):
 
     id: str | None = Field(default=None, min_length=1, max_length=MAX_ID_CHARS)
     index: int | None = Field(
-        default=None, ge=0, description="Item of a /score response; omit for /generate."
+        default=None,
+        ge=0,
+        description="Item of a /score response or choice of a /v1 one; omit for /generate.",
     )
     correct: StrictBool | None = None
     items: list[FeedbackItem] | None = Field(default=None, min_length=1, max_length=MAX_FEEDBACK_ITEMS)
@@ -280,6 +375,33 @@ class ReliabilityBin(BaseModel):
     accuracy: float | None = None
 
 
+class RiskCoveragePoint(BaseModel):
+    """Answering when confidence >= threshold: how much is answered and how often it is wrong."""
+
+    threshold: float
+    answered: int
+    coverage: float
+    error_rate: float | None
+    risk_upper_bound: float = Field(description="(1 - delta) Clopper-Pearson bound on the error rate.")
+
+
+class MetricDifference(BaseModel):
+    estimate: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+
+class ShadowComparison(BaseModel):
+    """A shadow candidate against what was served, on the same labelled responses."""
+
+    candidate: str = Field(description="name@version of the shadow.")
+    n: int = Field(description="Labelled responses both scored.")
+    served: dict[str, float | None] = Field(description="ECE, Brier, AUROC of the served confidences.")
+    shadow: dict[str, float | None] = Field(description="ECE, Brier, AUROC of the shadow's confidences.")
+    ece_difference: MetricDifference = Field(description="shadow - served, paired bootstrap 95% CI.")
+    brier_difference: MetricDifference
+
+
 class CalibrationResponse(BaseModel):
     adapter: str | None
     method: Method
@@ -294,6 +416,83 @@ class CalibrationResponse(BaseModel):
     auroc: float | None
     note: str | None = Field(default=None, description="Why a metric is null, if one is.")
     bins: list[ReliabilityBin]
+    delta: float | None = Field(default=None, description="Level of the risk upper bounds.")
+    risk_coverage: list[RiskCoveragePoint] = Field(
+        default_factory=list,
+        description="Risk-coverage curve of the labelled confidences, highest threshold first.",
+    )
+    shadow: list[ShadowComparison] = Field(
+        default_factory=list,
+        description="Shadow candidates compared with the served version on the same labels.",
+    )
+
+
+class FeedbackQueueQuery(_Strict):
+    adapter: str | None = Field(default=None, description="Adapter name; default: the server's default.")
+    version: str | None = Field(default=None, description="Default: the adapter's current version.")
+    method: Method = Method.adapter
+    window: str = Field(default="7d", pattern=r"^[0-9]+[smhd]$", description="Served within the last …")
+    limit: int = Field(default=50, ge=1, le=500)
+    threshold: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Decision threshold to label around; default: the "
+        "thresholds clients asked for recently, else 0.5.",
+    )
+
+    def window_seconds(self) -> float:
+        return float(int(self.window[:-1]) * WINDOW_UNITS_S[self.window[-1]])
+
+
+class FeedbackQueueItem(BaseModel):
+    id: str
+    index: int
+    endpoint: str
+    confidence: float
+    served_at: float
+    priority: float = Field(description="Higher first: near the threshold + scarce bin + drifted bin.")
+    reasons: list[str]
+    question: list[dict[str, str]] | None = Field(default=None, description="When prompts are stored.")
+    answer: str | None = None
+
+
+class FeedbackQueue(BaseModel):
+    adapter: str | None
+    version: str | None
+    method: Method
+    thresholds: list[float]
+    candidates: int = Field(description="Unlabelled responses considered.")
+    items: list[FeedbackQueueItem]
+
+
+class ShadowRequest(_Strict):
+    adapter: str = Field(description="name@version of a loaded candidate (not the default).")
+    fraction: float = Field(gt=0.0, le=1.0, description="Share of default-adapter requests it also scores.")
+
+
+class ShadowStatus(BaseModel):
+    adapter: str | None = Field(description="The attached candidate, or null.")
+    fraction: float | None
+    default: str | None = Field(description="What it shadows: the default adapter.")
+
+
+class ShadowPromoteRequest(_Strict):
+    min_labels: int = Field(default=200, ge=1, description="Labelled responses both must have scored.")
+    window: str = Field(default="30d", pattern=r"^[0-9]+[smhd]$", description="Feedback received within.")
+
+
+class RecalibrationReport(_Strict):
+    """What a `confidence recalibrate` run did (counted in the service's metrics)."""
+
+    adapter: str = Field(min_length=1, max_length=64)
+    outcome: Literal["promoted", "better", "not_better", "too_few_labels"]
+    current_ece: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Held-out ECE of the current version."
+    )
+    candidate_ece: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Held-out ECE of the refit."
+    )
 
 
 class HealthResponse(BaseModel):
@@ -304,6 +503,9 @@ class HealthResponse(BaseModel):
 
 
 class ErrorBody(BaseModel):
+    # Some errors add a field (a 409 for target_error_rate says `labels_needed`).
+    model_config = ConfigDict(extra="allow")
+
     type: str
     message: str
     param: str | None = None

@@ -308,15 +308,41 @@ def paired_bootstrap_auroc_diff(
     Returns ``{"estimate", "ci_low", "ci_high", "n_valid"}`` (``n_valid``: resamples with
     both classes present); estimate and bounds are NaN when AUROC is undefined.
     """
+    return paired_bootstrap_diff(auroc, p_a, p_b, y, n=n, seed=seed, alpha=alpha)
+
+
+def paired_bootstrap_diff(
+    metric_fn: MetricFn,
+    p_a: ArrayLike,
+    p_b: ArrayLike,
+    y: ArrayLike,
+    *,
+    n: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, float]:
+    """metric(a) - metric(b) for two confidences of the same items, with a paired percentile
+    interval (each resample scores both on the same items). For ECE or Brier, "a is better
+    than b" holds when ``ci_high < 0``.
+
+    Returns ``{"estimate", "ci_low", "ci_high", "n_valid"}`` (``n_valid``: resamples where
+    the metric is defined for both).
+
+    Raises:
+        ValueError: a metric without a vectorized twin (see ``_BATCH_METRICS``), or bad inputs.
+    """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    batch_fn = _BATCH_METRICS.get(metric_fn)
+    if batch_fn is None:
+        raise ValueError(f"no paired bootstrap for {getattr(metric_fn, '__name__', metric_fn)}")
     pa, ya = as_arrays(p_a, y)
     pb, _ = as_arrays(p_b, y)
     rows = _resample_indices(ya.size, n, seed)
-    diffs = _batched(_batch_auroc, pa, ya, rows) - _batched(_batch_auroc, pb, ya, rows)
+    diffs = _batched(batch_fn, pa, ya, rows) - _batched(batch_fn, pb, ya, rows)
     lo, hi = _percentile_interval(diffs, alpha)
     return {
-        "estimate": auroc(pa, ya) - auroc(pb, ya),
+        "estimate": metric_fn(pa, ya) - metric_fn(pb, ya),
         "ci_low": lo,
         "ci_high": hi,
         "n_valid": int(np.isfinite(diffs).sum()),

@@ -103,7 +103,8 @@ class Engine(abc.ABC):
         self, prompt_ids: Sequence[int], options: SamplingOptions, *, lora: LoRA | None = None
     ) -> AsyncGenerator[StreamDelta, None]:
         """Sample continuations, yielding text as it is generated (choices interleaved).
-        Closing the iterator before its end aborts the engine request."""
+        Invalid options may raise here, at the call; the engine request starts on the first
+        iteration, and closing the iterator before its end aborts it."""
 
     @abc.abstractmethod
     async def next_token_logprobs(

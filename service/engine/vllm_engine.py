@@ -192,13 +192,19 @@ class VLLMEngine(Engine):
         ]
         return GenerationResult(prompt_tokens=len(out.prompt_token_ids), completions=completions)
 
-    async def generate_stream(
+    def generate_stream(
         self, prompt_ids: Sequence[int], options: SamplingOptions, *, lora: LoRA | None = None
     ) -> AsyncGenerator[StreamDelta, None]:
         from vllm.sampling_params import RequestOutputKind
 
+        # Built now, not on the first iteration: bad options fail before a response starts.
         # DELTA: each output carries only what is new since the last one, per choice.
         params = self._sampling_params(options, output_kind=RequestOutputKind.DELTA)
+        return self._deltas(prompt_ids, params, lora, options)
+
+    async def _deltas(
+        self, prompt_ids: Sequence[int], params: Any, lora: LoRA | None, options: SamplingOptions
+    ) -> AsyncGenerator[StreamDelta, None]:
         async with aclosing(self._stream(prompt_ids, params, lora)) as outputs:
             async for output in outputs:
                 for c in output.outputs:

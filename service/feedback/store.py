@@ -38,6 +38,7 @@ from service.errors import (
 log = logging.getLogger(__name__)
 
 TABLE = "confidence_outcomes"
+SHADOW_TABLE = "confidence_shadow_outcomes"
 SCHEMA = (
     f"""CREATE TABLE IF NOT EXISTS {TABLE} (
         response_id TEXT NOT NULL,
@@ -59,6 +60,19 @@ SCHEMA = (
     )""",
     f"CREATE INDEX IF NOT EXISTS {TABLE}_feedback_at ON {TABLE} (feedback_at)",
     f"CREATE INDEX IF NOT EXISTS {TABLE}_served_at ON {TABLE} (served_at)",
+    # Confidences a shadow candidate read for served responses (never returned): labels are
+    # not copied here but joined from the served row, so feedback needs no change.
+    f"""CREATE TABLE IF NOT EXISTS {SHADOW_TABLE} (
+        response_id TEXT NOT NULL,
+        item_index INTEGER NOT NULL,
+        adapter TEXT NOT NULL,
+        adapter_version TEXT NOT NULL,
+        method TEXT NOT NULL,
+        confidence DOUBLE PRECISION NOT NULL,
+        served_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (response_id, item_index, adapter, adapter_version)
+    )""",
+    f"CREATE INDEX IF NOT EXISTS {SHADOW_TABLE}_served_at ON {SHADOW_TABLE} (served_at)",
 )
 # Columns added after the first release: a store created before them gets them on start-up.
 ADDED_COLUMNS = {"client": "TEXT", "labelled_by": "TEXT", "label_trusted": "BOOLEAN"}
@@ -160,6 +174,28 @@ class Outcome:
             labelled_by=labelled_by,
             label_trusted=bool(trusted),
         )
+
+
+@dataclass(frozen=True)
+class ShadowRecord:
+    """A shadow candidate's confidences for the items of one served response."""
+
+    response_id: str
+    adapter: str
+    adapter_version: str
+    method: str
+    served_at: float
+    confidences: tuple[tuple[int, float], ...]  # (item index, confidence)
+
+
+@dataclass(frozen=True)
+class ShadowPair:
+    """One labelled served item with the confidence a shadow candidate gave it."""
+
+    candidate_adapter: str
+    candidate_version: str
+    served: Outcome
+    shadow_confidence: float
 
 
 @dataclass(frozen=True)
@@ -502,8 +538,66 @@ class OutcomeStore:
     def purge(self, *, served_before: float) -> int:
         """Delete rows served before the cutoff (the retention period); returns how many."""
         with self._transaction(durable=False) as cursor:
+            cursor.execute(self._sql(f"DELETE FROM {SHADOW_TABLE} WHERE served_at < ?"), (served_before,))
             cursor.execute(self._sql(f"DELETE FROM {TABLE} WHERE served_at < ?"), (served_before,))
             return int(cursor.rowcount)
+
+    def unlabelled(
+        self, *, served_since: float, adapter: str | None, method: str, version: str | None, limit: int
+    ) -> list[Outcome]:
+        """Served items without a label yet, newest first (candidates for labelling)."""
+        where = ["correct IS NULL", "served_at >= ?", "method = ?"]
+        params: list[Any] = [served_since, method]
+        for column, value in (("adapter", adapter), ("adapter_version", version)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        query = (
+            f"SELECT {COLUMNS} FROM {TABLE} WHERE {' AND '.join(where)} "
+            f"ORDER BY served_at DESC, response_id, item_index LIMIT {int(limit)}"
+        )
+        with self._transaction(write=False) as cursor:
+            cursor.execute(self._sql(query), params)
+            return [Outcome.from_row(r) for r in cursor.fetchall()]
+
+    def record_shadow(self, record: ShadowRecord) -> None:
+        """Store a shadow candidate's confidences for a served response."""
+        rows = [
+            (record.response_id, index, record.adapter, record.adapter_version, record.method, confidence,
+             record.served_at)
+            for index, confidence in record.confidences
+        ]  # fmt: skip
+        insert = self._sql(
+            f"INSERT INTO {SHADOW_TABLE} (response_id, item_index, adapter, adapter_version, method, "
+            "confidence, served_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        )
+        with self._transaction(durable=False) as cursor:
+            cursor.executemany(insert, rows)
+
+    def shadow_pairs(
+        self, *, labelled_since: float | None, adapter: str, method: str, version: str | None = None
+    ) -> list[ShadowPair]:
+        """Labelled items served by `adapter` (optionally one version) that a shadow also scored."""
+        where = ["o.correct IS NOT NULL", "o.adapter = ?", "o.method = ?"]
+        params: list[Any] = [adapter, method]
+        if labelled_since is not None:
+            where.append("o.feedback_at >= ?")
+            params.append(labelled_since)
+        if version is not None:
+            where.append("o.adapter_version = ?")
+            params.append(version)
+        columns = ", ".join(f"o.{c.strip()}" for c in COLUMNS.split(","))
+        query = (
+            f"SELECT s.adapter, s.adapter_version, s.confidence, {columns} FROM {SHADOW_TABLE} s "
+            f"JOIN {TABLE} o ON o.response_id = s.response_id AND o.item_index = s.item_index "
+            f"WHERE {' AND '.join(where)} ORDER BY o.feedback_at, o.response_id, o.item_index"
+        )
+        with self._transaction(write=False) as cursor:
+            cursor.execute(self._sql(query), params)
+            return [
+                ShadowPair(row[0], row[1], Outcome.from_row(row[3:]), float(row[2]))
+                for row in cursor.fetchall()
+            ]
 
 
 def _label_filter(

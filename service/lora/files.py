@@ -62,11 +62,26 @@ def version_key(version: str) -> list[tuple[int, int | str]]:
     return [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", version) if p]
 
 
-def newest_version_dir(name_dir: Path) -> Path | None:
+def newest_version_dir(name_dir: Path, *, trained_only: bool = False) -> Path | None:
     """`<root>/<name>/<version>` of the newest version with a manifest (what serving starts
-    with), or None when there is none; hidden directories are ignored."""
+    with), or None when there is none; hidden directories are ignored.
+
+    trained_only: skip versions `confidence recalibrate` wrote. They serve only once promoted
+    through the admin API, so a restart must not pick up a candidate that was never promoted.
+    """
     versions = [v for v in name_dir.iterdir() if not v.name.startswith(".") and (v / MANIFEST_FILE).is_file()]
+    if trained_only:
+        versions = [v for v in versions if not is_recalibration(v)]
     return max(versions, key=lambda v: version_key(v.name), default=None)
+
+
+def is_recalibration(version_dir: Path) -> bool:
+    """Whether the version was written by `confidence recalibrate` (its manifest says so);
+    an unreadable manifest is left for the loader to refuse with its reason."""
+    try:
+        return "recalibration" in json.loads((version_dir / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def adapter_dir(root: Path, name: str, version: str) -> Path:

@@ -48,6 +48,22 @@ class ReferenceHistogram(BaseModel):
         return self
 
 
+class CalibrationOutcomes(BaseModel):
+    """The labelled split the temperature was fitted on, as logit gaps (so confidences follow
+    any later temperature): thresholds for target_error_rate rest on it until enough live
+    labels arrive."""
+
+    split: str = Field(description="Which data: e.g. 'calibration' (+ MMLU validation).")
+    gaps: list[float] = Field(description="logit(yes) - logit(no) of each item, before temperature.")
+    correct: list[bool]
+
+    @model_validator(mode="after")
+    def _same_length(self) -> CalibrationOutcomes:
+        if len(self.gaps) != len(self.correct):
+            raise ValueError(f"{len(self.gaps)} gaps but {len(self.correct)} labels")
+        return self
+
+
 class AdapterManifest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -63,6 +79,7 @@ class AdapterManifest(BaseModel):
     training_data: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     reference_histogram: ReferenceHistogram | None = None
+    calibration_outcomes: CalibrationOutcomes | None = None
 
     @classmethod
     def read(cls, adapter_dir: Path) -> AdapterManifest:

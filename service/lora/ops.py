@@ -72,6 +72,10 @@ class AdapterOps:
         async with self._lock:
             return self.registry.set_default(spec)
 
+    async def rollback(self, name: str) -> LoadedAdapter:
+        async with self._lock:
+            return self.registry.rollback(name)
+
     async def unload(self, spec: str) -> LoadedAdapter:
         """Stop routing to `spec`, wait for its in-flight requests, then free it in the engine."""
         async with self._lock:

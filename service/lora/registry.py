@@ -112,6 +112,8 @@ class AdapterRegistry:
         self._current: dict[str, str] = {}
         self._rejected: dict[str, tuple[str, str]] = {}  # name -> (public reason, full message)
         self._ids = itertools.count(1)
+        # Earlier defaults (name@version), most recent last: what a rollback returns to.
+        self._default_history: list[str] = []
 
     # ------------------------------------------------------------ start-up
 
@@ -121,7 +123,7 @@ class AdapterRegistry:
             log.warning("adapter root %s does not exist: zero-shot confidence only", self.root)
             return
         for name_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            newest = newest_version_dir(name_dir)
+            newest = newest_version_dir(name_dir, trained_only=True)
             if newest is None:
                 continue
             try:
@@ -179,11 +181,46 @@ class AdapterRegistry:
     def set_default(self, spec: str) -> LoadedAdapter:
         """Make `name[@version]` the default: its name becomes the default and the version
         that name's current one. One step, no await: atomic for requests."""
+        previous = self.default_adapter()
         adapter = self.resolve(spec)
         self._current[adapter.name] = adapter.version
         self.default = adapter.name
+        if previous is not None and previous is not adapter:
+            self._default_history.append(previous.spec)
         log.info("default adapter is now %s", adapter.spec)
         return adapter
+
+    def rollback(self, name: str) -> LoadedAdapter:
+        """Make the previous default (the newest earlier one still loaded) the default again.
+
+        Raises:
+            AdapterConflictError: `name` is not the default, or no earlier default is loaded.
+        """
+        current = self.default_adapter()
+        if current is None or current.name != name:
+            default = current.spec if current else "none"
+            raise AdapterConflictError(
+                f"adapter {name!r} is not the default ({default}): nothing to roll back",
+                param="name",
+            )
+        while self._default_history:
+            spec = self._default_history.pop()
+            try:
+                adapter = self.resolve(spec)
+            except ServiceError:
+                continue  # unloaded since: roll back further
+            self._current[adapter.name] = adapter.version
+            self.default = adapter.name
+            log.info("default adapter rolled back from %s to %s", current.spec, adapter.spec)
+            return adapter
+        raise AdapterConflictError(
+            f"no earlier default of {name!r} is still loaded to roll back to", param="name"
+        )
+
+    @property
+    def previous_default(self) -> str | None:
+        """What a rollback would return to first (it may have been unloaded since)."""
+        return self._default_history[-1] if self._default_history else None
 
     def retire(self, spec: str) -> LoadedAdapter:
         """Stop routing new requests to `name@version`; in-flight ones keep their lease.

@@ -36,10 +36,14 @@ from service.api.protocol import (
     GenerateResponse,
     Method,
     ReliabilityBin,
+    RiskCoveragePoint,
     ScoreRequest,
     ScoreResponse,
 )
 from service.calibration import metrics as calib
+from service.calibration import risk
+from service.decisions.compare import shadow_comparisons
+from service.decisions.shadow import ShadowRead
 from service.engine.base import Engine
 from service.errors import EngineDeadError, FeedbackStoreError, InvalidRequestError, ResponseNotFoundError
 from service.feedback.clients import current_client
@@ -48,9 +52,12 @@ from service.feedback.store import (
     FeedbackResult,
     Label,
     Labeller,
+    Outcome,
     OutcomeStore,
     ServedItem,
     ServedResponse,
+    ShadowPair,
+    ShadowRecord,
     open_store,
 )
 from service.feedback.writer import RecordWriter
@@ -88,8 +95,10 @@ class CalibrationMonitor:
         queue_size: int = 10_000,
         store_timeout_s: float = 5.0,
         clock: Callable[[], float] = time.time,
+        risk_delta: float = risk.DEFAULT_DELTA,
     ) -> None:
         self.store = store
+        self.risk_delta = risk_delta
         self.metrics = metrics
         self.adapters = adapters
         self.default_adapter = default_adapter
@@ -102,6 +111,9 @@ class CalibrationMonitor:
         self.trusted_only = trusted_only  # calibration from trusted labellers' labels only
         # (adapter name, version) -> its drift window; None when it has no usable reference
         self._drift: dict[tuple[str, str], DriftWindow | None] = {}
+        # Called with each newly stored label (the decision thresholds recompute from them).
+        self.label_listeners: list[Callable[[Outcome], None]] = []
+        self._background: set[asyncio.Task[None]] = set()
         # The writer reads self.store at each batch, so a test (or a reconfiguration) that
         # swaps the store redirects recording too.
         self.writer = RecordWriter(
@@ -130,6 +142,16 @@ class CalibrationMonitor:
             raise FeedbackStoreError(
                 f"the feedback store did not answer within {timeout_s:g} s; retry later"
             ) from exc
+
+    async def read_store(self, operation: str, call: Callable[[], T]) -> T:
+        """A read for another component (decision routes), on the store's threads, after the
+        responses already served are recorded; bounded like the calibration report."""
+
+        def after_recorded() -> T:
+            self.writer.wait_handled(self.store_timeout_s)
+            return call()
+
+        return await self._in_store(operation, after_recorded, timeout_s=2 * self.store_timeout_s)
 
     def close(self) -> None:
         """Write what is queued (bounded), then close the store."""
@@ -225,6 +247,32 @@ class CalibrationMonitor:
         if not self.writer.submit(served):
             log.warning("response %s served but not recorded: the record queue is full", response_id)
 
+    def record_shadow(self, read: ShadowRead) -> None:
+        """Count a shadow read and store its confidences in the background (the answer is
+        already on its way; a store failure is only counted)."""
+        self.metrics.shadow_reads.labels(read.adapter, read.version, "failed" if read.failed else "ok").inc()
+        if read.failed:
+            return
+        record = ShadowRecord(
+            response_id=read.response_id,
+            adapter=read.adapter,
+            adapter_version=read.version,
+            method=read.method,
+            served_at=self.clock(),
+            confidences=read.confidences,
+        )
+        task = asyncio.get_running_loop().create_task(self._store_shadow(record))
+        self._background.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._background.discard)
+
+    async def _store_shadow(self, record: ShadowRecord) -> None:
+        try:
+            await self._in_store(
+                "shadow", lambda: self.store.record_shadow(record), timeout_s=self.store_timeout_s
+            )
+        except FeedbackStoreError as exc:  # counted by _in_store
+            log.warning("shadow confidences of %s not recorded: %s", record.response_id, exc)
+
     def _window(self, adapter: AdapterInfo) -> DriftWindow | None:
         """The drift window of this adapter version (created on its first confidence)."""
         key = (adapter.name, adapter.version)
@@ -290,6 +338,8 @@ class CalibrationMonitor:
                 outcome.confidence,
                 outcome.correct,
             )
+            for listener in self.label_listeners:
+                listener(outcome)
         return FeedbackResponse(recorded=len(result.recorded), duplicates=result.duplicates)
 
     # ---------------------------------------------------------------- calibration report
@@ -306,16 +356,25 @@ class CalibrationMonitor:
         if cached is not None and cached[0] > now:
             return cached[1]
         since = now - query.window_seconds()
+        method, version = query.method.value, query.version
 
         def report() -> CalibrationResponse:
+            # Everything on the store's threads: the grouped read, the shadow pairs and the
+            # bootstraps of the decision views.
             counts = self.store.label_counts(
                 labelled_since=since,
                 adapter=adapter,
-                method=query.method.value,
-                version=query.version,
+                method=method,
+                version=version,
                 trusted_only=self.trusted_only,
             )
-            return calibration_report(counts, adapter=adapter, query=query)
+            pairs = []
+            if adapter is not None:
+                pairs = self.store.shadow_pairs(
+                    labelled_since=since, adapter=adapter, method=method, version=version
+                )
+            base = calibration_report(counts, adapter=adapter, query=query)
+            return self._decision_views(base, counts, pairs)
 
         result = await self._in_store("calibration", report, timeout_s=2 * self.store_timeout_s)
         if len(self._calibration_cache) >= CALIBRATION_CACHE_ENTRIES:
@@ -329,6 +388,27 @@ class CalibrationMonitor:
             raise InvalidRequestError(
                 f"window {query.window} is longer than the {days:g} days feedback is kept", param="window"
             )
+
+    def _decision_views(
+        self, report: CalibrationResponse, counts: list[tuple[float, bool, int]], pairs: list[ShadowPair]
+    ) -> CalibrationResponse:
+        """The risk-coverage curve of the labelled rows and the shadow comparisons."""
+        curve = []
+        if counts:
+            p, y = expand_counts(counts)
+            curve = [
+                RiskCoveragePoint(
+                    threshold=pt.threshold,
+                    answered=pt.answered,
+                    coverage=pt.coverage,
+                    error_rate=pt.error_rate,
+                    risk_upper_bound=pt.risk_upper_bound,
+                )
+                for pt in risk.risk_coverage(list(p), list(y), delta=self.risk_delta)
+            ]
+        return report.model_copy(
+            update={"delta": self.risk_delta, "risk_coverage": curve, "shadow": shadow_comparisons(pairs)}
+        )
 
     def _report_adapter(self, query: CalibrationQuery) -> str | None:
         if query.method is Method.zero_shot:
@@ -387,15 +467,21 @@ class CalibrationMonitor:
             await asyncio.sleep(interval_s)
 
 
+def expand_counts(counts: list[tuple[float, bool, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(confidence, correct, count) groups back to per-item confidences and 0/1 labels."""
+    weights = np.array([n for _, _, n in counts], dtype=np.int64)
+    p = np.repeat(np.array([c for c, _, _ in counts], dtype=np.float64), weights)
+    y = np.repeat(np.array([1.0 if correct else 0.0 for _, correct, _ in counts]), weights)
+    return p, y
+
+
 def calibration_report(
     counts: list[tuple[float, bool, int]], *, adapter: str | None, query: CalibrationQuery
 ) -> CalibrationResponse:
     """The metrics of labelled rows given as (confidence, correct, count) groups, computed by
     the training job's own functions (same bins, same definitions as the adapter's evaluation
     report); null metrics when there are none."""
-    weights = np.array([n for _, _, n in counts], dtype=np.int64)
-    p = np.repeat([c for c, _, _ in counts], weights)
-    y = np.repeat([1.0 if correct else 0.0 for _, correct, _ in counts], weights)
+    p, y = expand_counts(counts)
     report = CalibrationResponse(
         adapter=adapter,
         method=query.method,
@@ -454,6 +540,7 @@ def monitor_for(settings: Settings, state: ServiceState, admission: Admission) -
         retention_days=settings.feedback_retention_days,
         labellers=settings.feedback_labellers,
         trusted_only=settings.calibration_trusted_only,
+        risk_delta=settings.selective_delta,
         queue_size=settings.feedback_queue_size,
         store_timeout_s=settings.feedback_store_timeout_s,
     )

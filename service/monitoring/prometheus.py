@@ -108,6 +108,33 @@ class ServiceMetrics:
             ["adapter", "version"],
             registry=r,
         )
+        self.decisions = Counter(
+            "confidence_decisions",
+            "Answer/abstain decisions of requests that asked for one, by adapter, version, method and "
+            "decision.",
+            ["adapter", "version", "method", "decision"],
+            registry=r,
+        )
+        self.shadow_reads = Counter(
+            "confidence_shadow_reads",
+            "Confidences read by a shadow candidate (recorded, never returned), by candidate adapter, "
+            "version and outcome (ok, failed).",
+            ["adapter", "version", "outcome"],
+            registry=r,
+        )
+        self.recalibrations = Counter(
+            "confidence_recalibrations",
+            "Recalibration runs reported by `confidence recalibrate`, by adapter and outcome "
+            "(promoted, better, not_better, too_few_labels).",
+            ["adapter", "outcome"],
+            registry=r,
+        )
+        self.recalibration_ece = Gauge(
+            "confidence_recalibration_heldout_ece",
+            "Held-out ECE of the last reported recalibration, for the current version and the candidate.",
+            ["adapter", "role"],
+            registry=r,
+        )
         self.store_errors = Counter(
             "confidence_feedback_store_errors",
             "Failed reads/writes of the outcome store, by operation.",

@@ -12,10 +12,11 @@ has refused text that could never fit.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import aclosing, contextmanager
+from contextlib import ExitStack, aclosing, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -31,9 +32,12 @@ from service.api.protocol import (
     Usage,
 )
 from service.calibration import query as cq
-from service.engine.base import Completion, Engine, LoRA, SamplingOptions, TokenLogprob
-from service.errors import InvalidRequestError, PromptTooLongError
-from service.lora.registry import AdapterRegistry
+from service.decisions.shadow import ShadowPolicy, ShadowRead
+from service.engine.base import Completion, Engine, LoRA, SamplingOptions, StreamDelta, TokenLogprob
+from service.errors import InvalidRequestError, PromptTooLongError, ServiceError
+from service.lora.registry import AdapterRegistry, LoadedAdapter
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 # When a tokenizer does not list its vocabulary: a generous bound on characters per token.
@@ -74,6 +78,7 @@ class ConfidenceReader:
     lora: LoRA | None
     temperature: float
     info: AdapterInfo | None
+    shadow: ConfidenceReader | None = None  # a candidate also read, never returned
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,7 @@ class Answer:
 class Answers:
     prompt_tokens: int
     choices: list[Answer]
+    shadow: list[float] | None = None  # a shadow candidate's confidences, never returned
 
 
 @dataclass(frozen=True)
@@ -120,9 +126,15 @@ class _AnswerStream:
     choice's confidence read as that choice ends; `events` drains the queue."""
 
     def __init__(
-        self, service: ConfidenceService, prompt: Prompt, options: SamplingOptions, reader: ConfidenceReader
+        self,
+        service: ConfidenceService,
+        prompt: Prompt,
+        options: SamplingOptions,
+        reader: ConfidenceReader,
+        deltas: AsyncGenerator[StreamDelta, None],
     ) -> None:
         self.service, self.prompt, self.options, self.reader = service, prompt, options, reader
+        self.deltas = deltas
         self.queue: asyncio.Queue[ChoiceText | ChoiceDone | BaseException] = asyncio.Queue()
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -140,8 +152,8 @@ class _AnswerStream:
         texts = [""] * self.options.n
         tokens = [0] * self.options.n
         logprobs: list[list[TokenLogprob]] = [[] for _ in range(self.options.n)]
-        deltas = self.service.engine.generate_stream(self.prompt.ids, self.options, lora=None)
-        async with aclosing(deltas):
+        finished = 0
+        async with aclosing(self.deltas) as deltas:
             async for delta in deltas:
                 i = delta.index
                 texts[i] += delta.text
@@ -150,23 +162,32 @@ class _AnswerStream:
                 if delta.text or delta.logprobs:
                     self.queue.put_nowait(ChoiceText(i, delta.text, delta.logprobs))
                 if delta.finish_reason is not None:
+                    finished += 1
                     lps = tuple(logprobs[i]) if self.options.logprobs is not None else None
                     done = Completion(texts[i], delta.finish_reason, tokens[i], lps)
                     self._spawn(self._score(i, done))
+        if finished < self.options.n:  # else `run` would wait for a choice that never ends
+            raise ServiceError(
+                f"the engine ended the stream with {finished} of {self.options.n} choices done"
+            )
 
     async def _score(self, index: int, completion: Completion) -> None:
         ids = await self.service.query(self.prompt.question, completion.text, param=self.prompt.param)
         self.queue.put_nowait(ChoiceDone(index, completion, await self.service.read(ids, self.reader)))
 
-    async def events(self) -> AsyncGenerator[ChoiceText | ChoiceDone, None]:
-        self._spawn(self._generate())
-        remaining = self.options.n
-        while remaining:
-            event = await self.queue.get()
-            if isinstance(event, BaseException):
-                raise event
-            remaining -= isinstance(event, ChoiceDone)
-            yield event
+    async def run(self) -> AsyncGenerator[ChoiceText | ChoiceDone, None]:
+        try:
+            self._spawn(self._generate())
+            remaining = self.options.n
+            while remaining:
+                event = await self.queue.get()
+                if isinstance(event, BaseException):
+                    raise event
+                remaining -= isinstance(event, ChoiceDone)
+                yield event
+        finally:
+            await self.cancel()
+            await self.deltas.aclose()  # if the engine stream never started
 
     async def cancel(self) -> None:
         """Cancel what still runs (closing vLLM's streams aborts their requests) and wait for it."""
@@ -198,6 +219,20 @@ def _generate_response(
     )
 
 
+async def _generate_events(
+    events: AsyncGenerator[ChoiceText | ChoiceDone, None], prompt_tokens: int, reader: ConfidenceReader
+) -> AsyncGenerator[GenerateDelta | GenerateResponse, None]:
+    response_id = _generate_id()
+    async with aclosing(events):
+        async for event in events:
+            if isinstance(event, ChoiceText):
+                yield GenerateDelta(id=response_id, text=event.text)
+            else:
+                yield _generate_response(
+                    response_id, prompt_tokens, event.completion, event.confidence, reader
+                )
+
+
 class ConfidenceService:
     def __init__(
         self,
@@ -212,6 +247,10 @@ class ConfidenceService:
         self.registry = registry
         self.labels = labels
         self.limits = limits
+        # Shadow evaluation (service.decisions.shadow): which candidate shadows a request,
+        # and where its confidences go. Unset: no shadow reads.
+        self.shadow_policy: ShadowPolicy | None = None
+        self.shadow_sink: Callable[[ShadowRead], None] | None = None
         # Few threads: the work is CPU-bound, and Hugging Face fast tokenizers are not safe to
         # call from many threads at once ("Already borrowed"); vLLM uses one as well.
         self._tokenize_pool = ThreadPoolExecutor(tokenizer_threads, thread_name_prefix="tokenize")
@@ -231,9 +270,12 @@ class ConfidenceService:
             )
 
     @contextmanager
-    def reader(self, method: Method, adapter: str | None) -> Iterator[ConfidenceReader]:
+    def reader(
+        self, method: Method, adapter: str | None, *, shadow: bool = False
+    ) -> Iterator[ConfidenceReader]:
         """Resolve the adapter once, at the start of the request, and hold it to the end:
-        an adapter switch meanwhile does not change this request's version."""
+        an adapter switch meanwhile does not change this request's version. `shadow`: the
+        caller records shadow reads (native /generate and /score), so one may be attached."""
         if method is Method.zero_shot:
             if adapter is not None:
                 raise InvalidRequestError(
@@ -241,9 +283,66 @@ class ConfidenceService:
                 )
             yield ConfidenceReader(method, None, 1.0, None)
             return
-        with self.registry.lease(adapter) as loaded:
+        with self.registry.lease(adapter) as loaded, self._shadow(adapter, loaded, shadow) as candidate:
             info = AdapterInfo(name=loaded.name, version=loaded.version)
-            yield ConfidenceReader(method, loaded.lora, loaded.temperature, info)
+            yield ConfidenceReader(method, loaded.lora, loaded.temperature, info, candidate)
+
+    @contextmanager
+    def _shadow(
+        self, requested: str | None, loaded: LoadedAdapter, wanted: bool
+    ) -> Iterator[ConfidenceReader | None]:
+        """A lease on the shadow candidate for a request that gets the default adapter, when
+        the policy samples it; None otherwise (a candidate unloaded meanwhile is skipped)."""
+        spec = self.shadow_policy.pick() if wanted and self.shadow_policy and requested is None else None
+        if spec is None or spec == loaded.spec:
+            yield None
+            return
+        with ExitStack() as stack:
+            try:
+                candidate = stack.enter_context(self.registry.lease(spec))
+            except ServiceError:
+                yield None
+                return
+            info = AdapterInfo(name=candidate.name, version=candidate.version)
+            yield ConfidenceReader(Method.adapter, candidate.lora, candidate.temperature, info)
+
+    async def read_all(
+        self, queries: list[list[int]], reader: ConfidenceReader
+    ) -> tuple[list[float], list[float] | None]:
+        """Every query's confidence, and the shadow's in the same engine batch (None when
+        there is no shadow or its read failed: a shadow never fails the request)."""
+        main = [self.read(ids, reader) for ids in queries]
+        if reader.shadow is None:
+            return list(await asyncio.gather(*main)), None
+        shadow = [self.read(ids, reader.shadow) for ids in queries]
+        results = await asyncio.gather(*main, *shadow, return_exceptions=True)
+        for result in results[: len(queries)]:
+            if isinstance(result, BaseException):
+                raise result
+        scores = [float(r) for r in results[: len(queries)]]  # type: ignore[arg-type]
+        shadowed = results[len(queries) :]
+        failures = [r for r in shadowed if isinstance(r, BaseException)]
+        if failures:
+            log.warning("shadow read by %s failed: %r", reader.shadow.info, failures[0])
+            return scores, None
+        return scores, [float(r) for r in shadowed]  # type: ignore[arg-type]
+
+    def _emit_shadow(
+        self, response_id: str, endpoint: str, reader: ConfidenceReader, scores: list[float] | None
+    ) -> None:
+        if reader.shadow is None or reader.shadow.info is None or self.shadow_sink is None:
+            return
+        self.shadow_sink(
+            ShadowRead(
+                response_id=response_id,
+                endpoint=endpoint,
+                adapter=reader.shadow.info.name,
+                version=reader.shadow.info.version,
+                method=reader.method.value,
+                confidences=tuple(enumerate(scores)) if scores is not None else (),
+                failed=scores is None,
+            )
+        )
 
     async def query(self, question: list[cq.Message], answer: str, *, param: str) -> list[int]:
         """Token ids of the confidence query (tokenized off the event loop), checked against
@@ -323,26 +422,26 @@ class ConfidenceService:
         self.check_fits(prompt, options)
         result = await self.engine.generate(prompt.ids, options, lora=None)
         queries = [await self.query(prompt.question, c.text, param=prompt.param) for c in result.completions]
-        scores = await asyncio.gather(*(self.read(ids, reader) for ids in queries))
+        scores, shadow = await self.read_all(queries, reader)
         choices = [Answer(c, s) for c, s in zip(result.completions, scores, strict=True)]
-        return Answers(result.prompt_tokens, choices)
+        return Answers(result.prompt_tokens, choices, shadow)
 
-    async def answer_stream(
+    def answer_stream(
         self, prompt: Prompt, options: SamplingOptions, reader: ConfidenceReader
     ) -> AsyncGenerator[ChoiceText | ChoiceDone, None]:
         """Text as it is generated, then per choice a `ChoiceDone` with its confidence. Each
         choice's confidence read starts the moment that choice ends, while the others may
-        still be generating. Closing the generator early cancels all of its engine work."""
+        still be generating. Closing the generator early cancels all of its engine work.
+
+        Raises (here, before any engine work, so a route can still answer 4xx):
+            PromptTooLongError, InvalidRequestError: the prompt or the options cannot be served.
+        """
         self.check_fits(prompt, options)
-        stream = _AnswerStream(self, prompt, options, reader)
-        try:
-            async for event in stream.events():
-                yield event
-        finally:
-            await stream.cancel()
+        deltas = self.engine.generate_stream(prompt.ids, options, lora=None)
+        return _AnswerStream(self, prompt, options, reader, deltas).run()
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
-        with self.reader(request.method, request.adapter) as reader:  # fail fast, before generating
+        with self.reader(request.method, request.adapter, shadow=True) as reader:  # fail fast
             return await self._generate(request, reader)
 
     async def generate_inputs(self, request: GenerateRequest) -> tuple[Prompt, SamplingOptions]:
@@ -361,23 +460,18 @@ class ConfidenceService:
         prompt, options = await self.generate_inputs(request)
         answers = await self.answer(prompt, options, reader)
         choice = answers.choices[0]
+        response_id = _generate_id()
+        self._emit_shadow(response_id, "generate", reader, answers.shadow)
         return _generate_response(
-            _generate_id(), answers.prompt_tokens, choice.completion, choice.confidence, reader
+            response_id, answers.prompt_tokens, choice.completion, choice.confidence, reader
         )
 
-    async def generate_stream(
+    def generate_stream(
         self, prompt: Prompt, options: SamplingOptions, reader: ConfidenceReader
     ) -> AsyncGenerator[GenerateDelta | GenerateResponse, None]:
-        """/generate's stream: the answer in pieces as generated, then the whole response."""
-        response_id = _generate_id()
-        async with aclosing(self.answer_stream(prompt, options, reader)) as events:
-            async for event in events:
-                if isinstance(event, ChoiceText):
-                    yield GenerateDelta(id=response_id, text=event.text)
-                else:
-                    yield _generate_response(
-                        response_id, len(prompt.ids), event.completion, event.confidence, reader
-                    )
+        """/generate's stream: the answer in pieces as generated, then the whole response.
+        Raises like `answer_stream`, at the call."""
+        return _generate_events(self.answer_stream(prompt, options, reader), len(prompt.ids), reader)
 
     def check_items(self, request: ScoreRequest) -> None:
         if len(request.items) > self.limits.max_score_items:
@@ -388,7 +482,7 @@ class ConfidenceService:
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
         self.check_items(request)
-        with self.reader(request.method, request.adapter) as reader:
+        with self.reader(request.method, request.adapter, shadow=True) as reader:
             return await self._score(request, reader)
 
     async def _score(self, request: ScoreRequest, reader: ConfidenceReader) -> ScoreResponse:
@@ -402,9 +496,11 @@ class ConfidenceService:
             )
             for i, item in enumerate(request.items)
         ]
-        scores = await asyncio.gather(*(self.read(ids, reader) for ids in queries))
+        scores, shadow = await self.read_all(queries, reader)
+        response_id = f"score-{uuid.uuid4().hex}"
+        self._emit_shadow(response_id, "score", reader, shadow)
         return ScoreResponse(
-            id=f"score-{uuid.uuid4().hex}",
+            id=response_id,
             method=reader.method,
             adapter=reader.info,
             items=[ScoredItem(index=i, confidence=s) for i, s in enumerate(scores)],

@@ -8,7 +8,9 @@ reuse Docker's layer cache for the image build itself.
 
 from __future__ import annotations
 
+import configparser
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -23,15 +25,30 @@ from tests.processes import stop
 
 pytestmark = pytest.mark.container
 
+REPO = Path(__file__).resolve().parents[2]
+BUILD_TIMEOUT_S = 3600
 DEBIAN_MIRROR = os.environ.get("CONFIDENCE_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 # What the Dockerfile needs of a base image: python3.11 with venv, CA certificates, useradd.
-# python3-distutils is named because debootstrap does not resolve the virtual
-# python3.11-distutils that python3.11-venv depends on.
 # python3-distutils is named because debootstrap does not resolve the virtual
 # python3.11-distutils that python3.11-venv depends on.
 BASE_PACKAGES = ("python3.11", "python3.11-venv", "python3-distutils", "ca-certificates", "passwd")
 BASE_RECIPE = f"debootstrap --variant=minbase --include={','.join(BASE_PACKAGES)} bookworm {DEBIAN_MIRROR}"
 BASE_TAG = f"confidence-test-base:bookworm-{hashlib.sha256(BASE_RECIPE.encode()).hexdigest()[:12]}"
+# Runs inside the container (python3 of the image): one HTTP request, prints status + body
+# (status 0 while the server does not listen yet).
+CLIENT = """
+import json, sys, urllib.error, urllib.request
+data = sys.argv[2].encode() if len(sys.argv) > 2 else None
+req = urllib.request.Request("http://127.0.0.1:8000" + sys.argv[1], data=data,
+                             headers={"content-type": "application/json"})
+try:
+    with urllib.request.urlopen(req, timeout=600) as response:
+        print(response.status); print(response.read().decode())
+except urllib.error.HTTPError as exc:
+    print(exc.code); print(exc.read().decode())
+except OSError as exc:
+    print(0); print(json.dumps({"error": str(exc)}))
+"""
 
 
 def docker_cli() -> str:
@@ -118,3 +135,97 @@ def base_image(docker_engine: None) -> str:
         if imported.returncode != 0:
             pytest.fail(f"docker import failed:\n{imported.stderr}")
     return BASE_TAG
+
+
+def local_torch_wheel() -> Path | None:
+    """torch 2.13.0+cpu from pip's find-links on this machine, if it has one there."""
+    dirs = os.environ.get("PIP_FIND_LINKS", "").split()
+    for conf in ("/etc/pip.conf", "/etc/xdg/pip/pip.conf", str(Path.home() / ".config/pip/pip.conf")):
+        parser = configparser.ConfigParser()
+        parser.read(conf)
+        dirs += parser.get("global", "find-links", fallback="").split()
+    for directory in dirs:
+        wheels = sorted(Path(directory.removeprefix("file://")).glob("torch-2.13.0+cpu-cp311-*.whl"))
+        if wheels:
+            return wheels[0]
+    return None
+
+
+def pip_ca_bundle() -> str | None:
+    """The CA bundle pip uses here (a TLS-inspecting proxy's CA may be in it)."""
+    for candidate in (os.environ.get("PIP_CERT"), os.environ.get("SSL_CERT_FILE")):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    default = Path("/etc/ssl/certs/ca-certificates.crt")
+    return str(default) if default.is_file() else None
+
+
+def build_image(
+    context: Path,
+    *,
+    target: str,
+    tag: str,
+    build_args: dict[str, str],
+    log: Path,
+    dockerfile: Path | None = None,
+) -> None:
+    """`docker build` (BuildKit) of one target, tagged `tag`; its output goes to `log`.
+
+    The build reaches PyPI and the Debian mirror the way this machine does (host network,
+    pip's CA bundle as the `pip_ca` secret); a torch wheel in pip's find-links is used
+    instead of the PyTorch index."""
+    args = [f"--build-arg={k}={v}" for k, v in build_args.items()]
+    wheel = local_torch_wheel()
+    if wheel is not None:
+        target_wheel = REPO / "deploy/docker/wheels" / wheel.name
+        if not target_wheel.exists():
+            try:
+                os.link(wheel, target_wheel)
+            except OSError:
+                target_wheel.write_bytes(wheel.read_bytes())
+        args.append("--build-arg=TORCH_INDEX_URL=")
+    ca = pip_ca_bundle()
+    if ca is not None:
+        args += ["--secret", f"id=pip_ca,src={ca}"]
+    if dockerfile is not None:
+        args += ["--file", str(dockerfile)]
+    cmd = ["nice", "-n", "19", docker_cli(), "build", "--network", "host", "--progress", "plain"]
+    cmd += ["--target", target, *args, "-t", tag, str(context)]
+    started = time.monotonic()
+    with log.open("w") as out:
+        built = subprocess.run(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "DOCKER_BUILDKIT": "1"},
+            timeout=BUILD_TIMEOUT_S,
+            check=False,
+        )
+    print(f"{tag} built in {time.monotonic() - started:.0f} s")
+    if built.returncode != 0:
+        pytest.fail(f"docker build of {tag} failed:\n{log.read_text()[-6000:]}")
+
+
+class Container:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def request(self, path: str, body: dict[str, object] | None = None) -> tuple[int, object]:
+        args = ["exec", self.name, "python3", "-c", CLIENT, path]
+        result = docker(*args, *([json.dumps(body)] if body is not None else []), timeout=660, check=False)
+        if result.returncode != 0:
+            pytest.fail(f"docker exec failed ({result.returncode}): {result.stderr[-1000:]}\n{self.logs()}")
+        status, _, text = result.stdout.partition("\n")
+        return int(status), json.loads(text)
+
+    def state(self) -> dict[str, object]:
+        inspected = json.loads(docker("inspect", self.name).stdout)[0]
+        state: dict[str, object] = inspected["State"]
+        return state
+
+    def logs(self) -> str:
+        """The end of the container's log, with vLLM's error lines (the cause of a failed start)."""
+        result = docker("logs", self.name, check=False)
+        text = result.stdout + result.stderr
+        errors = [line for line in text.splitlines() if "Error" in line and "File " not in line]
+        return "\n".join(errors[-20:]) + "\n...\n" + text[-3000:]

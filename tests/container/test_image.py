@@ -8,123 +8,27 @@ reuse Docker's layer cache. Select with `-m container`, leave out with `-m "not 
 
 from __future__ import annotations
 
-import configparser
 import json
-import os
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.container.conftest import docker, docker_cli
+from tests.container.conftest import CLIENT, REPO, Container, build_image, docker, docker_cli
 
 pytestmark = pytest.mark.container
 
-REPO = Path(__file__).resolve().parents[2]
 IMAGE = "confidence-service:test-cpu"
-BUILD_TIMEOUT_S = 3600
 READY_TIMEOUT_S = 900
-# Runs inside the container (python3 of the image): one HTTP request, prints status + body
-# (status 0 while the server does not listen yet).
-CLIENT = """
-import json, sys, urllib.error, urllib.request
-data = sys.argv[2].encode() if len(sys.argv) > 2 else None
-req = urllib.request.Request("http://127.0.0.1:8000" + sys.argv[1], data=data,
-                             headers={"content-type": "application/json"})
-try:
-    with urllib.request.urlopen(req, timeout=600) as response:
-        print(response.status); print(response.read().decode())
-except urllib.error.HTTPError as exc:
-    print(exc.code); print(exc.read().decode())
-except OSError as exc:
-    print(0); print(json.dumps({"error": str(exc)}))
-"""
-
-
-def local_torch_wheel() -> Path | None:
-    """torch 2.13.0+cpu from pip's find-links on this machine, if it has one there."""
-    dirs = os.environ.get("PIP_FIND_LINKS", "").split()
-    for conf in ("/etc/pip.conf", "/etc/xdg/pip/pip.conf", str(Path.home() / ".config/pip/pip.conf")):
-        parser = configparser.ConfigParser()
-        parser.read(conf)
-        dirs += parser.get("global", "find-links", fallback="").split()
-    for directory in dirs:
-        wheels = sorted(Path(directory.removeprefix("file://")).glob("torch-2.13.0+cpu-cp311-*.whl"))
-        if wheels:
-            return wheels[0]
-    return None
-
-
-def pip_ca_bundle() -> str | None:
-    """The CA bundle pip uses here (a TLS-inspecting proxy's CA may be in it)."""
-    for candidate in (os.environ.get("PIP_CERT"), os.environ.get("SSL_CERT_FILE")):
-        if candidate and Path(candidate).is_file():
-            return candidate
-    default = Path("/etc/ssl/certs/ca-certificates.crt")
-    return str(default) if default.is_file() else None
 
 
 @pytest.fixture(scope="module")
 def cpu_image(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    args = ["--build-arg", f"BASE_IMAGE={base_image}"]
-    wheel = local_torch_wheel()
-    if wheel is not None:
-        target = REPO / "deploy/docker/wheels" / wheel.name
-        if not target.exists():
-            try:
-                os.link(wheel, target)
-            except OSError:
-                target.write_bytes(wheel.read_bytes())
-        args += ["--build-arg", "TORCH_INDEX_URL="]
-    ca = pip_ca_bundle()
-    if ca is not None:
-        args += ["--secret", f"id=pip_ca,src={ca}"]
     log = tmp_path_factory.mktemp("build") / "build.log"
-    # Host networking: the build reaches PyPI and the Debian mirror the way this machine does.
-    cmd = ["nice", "-n", "19", docker_cli(), "build", "--network", "host", "--progress", "plain"]
-    cmd += ["--target", "cpu", *args, "-t", IMAGE, str(REPO)]
-    started = time.monotonic()
-    with log.open("w") as out:
-        built = subprocess.run(
-            cmd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "DOCKER_BUILDKIT": "1"},
-            timeout=BUILD_TIMEOUT_S,
-            check=False,
-        )
-    print(f"cpu image built in {time.monotonic() - started:.0f} s")
-    if built.returncode != 0:
-        pytest.fail(f"docker build failed:\n{log.read_text()[-6000:]}")
+    build_image(REPO, target="cpu", tag=IMAGE, build_args={"BASE_IMAGE": base_image}, log=log)
     return IMAGE
-
-
-class Container:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def request(self, path: str, body: dict[str, object] | None = None) -> tuple[int, object]:
-        args = ["exec", self.name, "python3", "-c", CLIENT, path]
-        result = docker(*args, *([json.dumps(body)] if body is not None else []), timeout=660, check=False)
-        if result.returncode != 0:
-            pytest.fail(f"docker exec failed ({result.returncode}): {result.stderr[-1000:]}\n{self.logs()}")
-        status, _, text = result.stdout.partition("\n")
-        return int(status), json.loads(text)
-
-    def state(self) -> dict[str, object]:
-        inspected = json.loads(docker("inspect", self.name).stdout)[0]
-        state: dict[str, object] = inspected["State"]
-        return state
-
-    def logs(self) -> str:
-        """The end of the container's log, with vLLM's error lines (the cause of a failed start)."""
-        result = docker("logs", self.name, check=False)
-        text = result.stdout + result.stderr
-        errors = [line for line in text.splitlines() if "Error" in line and "File " not in line]
-        return "\n".join(errors[-20:]) + "\n...\n" + text[-3000:]
 
 
 @pytest.fixture(scope="module")

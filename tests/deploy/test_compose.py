@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -34,14 +35,30 @@ def config() -> Any:
 
 
 def test_stack_has_every_part(config: Any) -> None:
-    assert set(config["services"]) == {"gateway", "confidence", "prometheus", "grafana", "postgres", "train"}
+    assert set(config["services"]) == {
+        "gateway", "confidence", "prometheus", "grafana", "postgres", "train", "recalibrate",
+    }  # fmt: skip
     assert {"adapters", "model-cache", "feedback-db"} <= set(config["volumes"])
 
 
 def test_train_is_an_optional_profile(config: Any) -> None:
     assert config["services"]["train"]["profiles"] == ["train"]
-    assert all("profiles" not in s for name, s in config["services"].items() if name != "train")
+    optional = {"train", "recalibrate"}
+    assert all("profiles" not in s for name, s in config["services"].items() if name not in optional)
     assert "train" in compose_config("--profile", "train")["services"]
+
+
+def test_recalibration_is_an_optional_profile_that_never_promotes(config: Any) -> None:
+    job = compose_config("--profile", "recalibrate")["services"]["recalibrate"]
+    assert job["profiles"] == ["recalibrate"]
+    script = " ".join(job["command"])
+    assert "confidence recalibrate" in script and "--report" in script and "--promote" not in script
+    # It writes candidates into the volume the service reads (read-only there).
+    assert "adapters:/var/lib/confidence/adapters:rw" in job["volumes"]
+    assert (
+        job["environment"]["CONFIDENCE_FEEDBACK_DB_URL"]
+        == config["services"]["confidence"]["environment"]["CONFIDENCE_FEEDBACK_DB_URL"]
+    )
 
 
 def test_secrets_have_no_defaults() -> None:
@@ -80,6 +97,8 @@ def test_service_wiring(config: Any) -> None:
     assert train_mounts["/var/lib/confidence/adapters"].endswith(":rw")
     train = config["services"]["train"]
     assert train["command"][:2] == ["confidence", "train"]
+    # vLLM's engine refuses to start with Docker's default 64 MiB /dev/shm (the temperature fit).
+    assert service["shm_size"] == train["shm_size"] == "1gb"
     assert train["command"][train["command"].index("--export_root") + 1] == "/var/lib/confidence/adapters"
 
 
@@ -132,3 +151,54 @@ def test_tls_option_publishes_https_with_the_certificate() -> None:
     assert {p["target"] for p in gateway["ports"]} == {8080, 8443}
     targets = mount_targets(gateway)
     assert {"/etc/nginx/confidence/tls/tls.conf", "/etc/nginx/confidence/tls/cert.pem"} <= targets
+
+
+OFFLINE_OVERRIDE = REPO / "deploy/offline/docker-compose.offline.yml"
+OFFLINE_STAND_INS = {"gateway", "prometheus", "postgres"}
+
+
+def comparable(service: dict[str, Any]) -> dict[str, Any]:
+    """A service without what the override may change, its volumes in a fixed order (merging
+    reorders them)."""
+    out = {k: v for k, v in service.items() if k not in ("image", "build")}
+    out["volumes"] = sorted(json.dumps(v, sort_keys=True) for v in service.get("volumes", []))
+    return out
+
+
+def test_offline_override_swaps_only_the_public_images() -> None:
+    """deploy/offline: each public image becomes a local build from Debian's packages; its
+    config files, volumes, command, environment and health check stay docker-compose.yml's."""
+    env = {**REQUIRED_ENV, "BASE_IMAGE": "local/bookworm:test"}
+    config = compose_config(env=env)
+    merged = compose_config("-f", str(OFFLINE_OVERRIDE), env=env)
+    assert set(merged["services"]) == set(config["services"])
+    for name, service in merged["services"].items():
+        original = config["services"][name]
+        if name in OFFLINE_STAND_INS:
+            assert service["image"] != original["image"]
+            assert service["build"] == {
+                "context": str(REPO / "deploy/offline"),
+                "target": name,
+                "network": "host",
+                "args": {"BASE_IMAGE": "local/bookworm:test"},
+            }
+        elif "build" in service:
+            # The service images only gain the host network for their package downloads.
+            assert service["build"] == {**original["build"], "network": "host"}, name
+            assert service["image"] == original["image"]
+        else:
+            assert "image" in service and service["image"] == original["image"], name
+        assert comparable(service) == comparable(original), name
+
+
+def test_offline_override_needs_a_base_image() -> None:
+    clean = {k: v for k, v in os.environ.items() if k not in REQUIRED_ENV and k != "BASE_IMAGE"}
+    files = ["-f", str(REPO / "docker-compose.yml"), "-f", str(OFFLINE_OVERRIDE)]
+    result = run([tool("docker-compose"), *files, "config"], env={**clean, **REQUIRED_ENV})
+    assert result.returncode != 0 and "BASE_IMAGE" in result.stderr, result.stderr
+
+
+def test_offline_stand_ins_lint_clean() -> None:
+    dockerfile = REPO / "deploy/offline/Dockerfile"
+    result = run([tool("hadolint"), "--failure-threshold", "info", str(dockerfile)])
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -131,3 +131,22 @@ def test_gateway_uses_the_tested_nginx_config(resources: dict[tuple[str, str], A
     mounts = {m["mountPath"]: m for m in container(resources, "confidence-gateway")["volumeMounts"]}
     assert mounts["/etc/nginx/conf.d/default.conf"]["subPath"] == "confidence.conf"
     assert mounts["/etc/nginx/confidence/api-keys.map"]["name"] == "api-keys"
+
+
+def test_nightly_recalibration_writes_candidates_and_never_promotes(
+    resources: dict[tuple[str, str], Any],
+) -> None:
+    cron = resources[("CronJob", "confidence-recalibrate")]
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    job = pod["containers"][0]
+    assert job["command"][:2] == ["confidence", "recalibrate"] and "--promote" not in job["command"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "adapters")
+    assert volume["persistentVolumeClaim"]["claimName"] == "confidence-adapters"
+    mount = next(m for m in job["volumeMounts"] if m["name"] == "adapters")
+    assert mount["mountPath"] == "/var/lib/confidence/adapters" and not mount.get("readOnly", False)
+    config = resources[("ConfigMap", "confidence-recalibrate-config")]["data"]
+    assert "@" in config["RECALIBRATE_ADAPTER"]
+    # The service lets the job reach its admin API (outcome report, --promote).
+    policy = resources[("NetworkPolicy", "confidence-service")]["spec"]["ingress"][0]["from"]
+    assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "confidence-recalibrate"}}} in policy

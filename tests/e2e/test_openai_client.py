@@ -3,6 +3,7 @@ response parses, every choice exposes its confidence, streaming matches non-stre
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -98,7 +99,9 @@ def test_stop_and_logprobs(client, model):
         model=model, messages=QUESTION, max_tokens=8, temperature=0, logprobs=True, top_logprobs=2
     )
     content = with_logprobs.choices[0].logprobs.content
-    assert "".join(t.token for t in content) == with_logprobs.choices[0].message.content
+    # One entry per generated token, the end-of-turn token included (as vLLM's server does).
+    assert len(content) == with_logprobs.usage.completion_tokens
+    assert "".join(t.token for t in content).startswith(with_logprobs.choices[0].message.content)
     assert all(t.logprob <= 0 and len(t.top_logprobs) == 2 for t in content)
 
 
@@ -131,3 +134,43 @@ def test_a_client_leaving_mid_stream_frees_its_sequences(server, model):
         while "confidence_inflight_sequences 0.0" not in http.get("/metrics").text:
             assert time.monotonic() < deadline, "the stream's sequence is still in flight"
             time.sleep(0.1)
+
+
+def test_a_refused_option_is_a_400_before_the_stream_starts(client, model):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU engine's limitation")
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=model, messages=QUESTION, temperature=0.8, seed=7, stream=True)
+    assert refused.value.body["param"] == "seed"
+
+
+def test_native_generate_streams_the_same_answer_and_confidence(server):
+    body = {"prompt": "What is the capital of France?", "max_tokens": 24}
+    plain = httpx.post(f"{server}/generate", json=body, timeout=300).json()
+    with httpx.Client(timeout=300) as http:
+        response = http.post(f"{server}/generate", json={**body, "stream": True})
+    frames = [line.removeprefix("data: ") for line in response.text.split("\n\n") if line.strip()]
+    assert frames[-1] == "[DONE]"
+    *deltas, final = [json.loads(frame) for frame in frames[:-1]]
+    assert len(deltas) > 1 and "".join(d["text"] for d in deltas) == plain["text"] == final["text"]
+    assert final["confidence"] == pytest.approx(plain["confidence"], abs=1e-6)
+
+
+def test_score_a_chat_with_documents(server):
+    chat = [
+        {"role": "user", "content": "Hi!"},
+        {"role": "assistant", "content": "Hello! How can I help?"},
+        {"role": "user", "content": "What is the capital of France?"},
+    ]
+    docs = ["Paris is the capital and largest city of France."]
+    items = [
+        {"messages": chat, "answer": "Paris"},
+        {"messages": chat, "answer": "Paris", "context": docs},
+        {"question": "What is the capital of France?", "answer": "Paris", "context": docs},
+    ]
+    response = httpx.post(f"{server}/score", json={"items": items}, timeout=300)
+    assert response.status_code == 200, response.text
+    chat_only, with_docs, question_with_docs = (i["confidence"] for i in response.json()["items"])
+    assert len({chat_only, with_docs, question_with_docs}) == 3  # each input reaches the query

@@ -187,7 +187,20 @@ def exported(trained: Path, tiny_model_dir: Path, tmp_path_factory: pytest.TempP
         training_data={"files": ["graded.jsonl"], "examples": 28},
         metrics={"ece": 0.1},
         reference_histogram={"bin_edges": [0.0, 0.5, 1.0], "counts": [3, 4]},
+        calibration_outcomes={
+            "split": "calibration",
+            "gaps": [-1.0, 0.5, 2.0],
+            "correct": [False, True, True],
+        },
     )
+
+
+def test_export_keeps_the_calibration_split_for_thresholds(exported: Path) -> None:
+    from service.lora.manifest import AdapterManifest
+
+    outcomes = AdapterManifest.read(exported).calibration_outcomes
+    assert outcomes is not None and outcomes.split == "calibration"
+    assert outcomes.gaps == [-1.0, 0.5, 2.0] and outcomes.correct == [False, True, True]
 
 
 def test_export_writes_only_what_the_service_reads(exported: Path, tiny_model_dir: Path) -> None:

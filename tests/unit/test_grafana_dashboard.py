@@ -110,6 +110,11 @@ def test_dashboard_covers_the_calibration_views():
         "bin:confidence_accuracy",
         "confidence_served_confidence_bucket",
         "confidence_request_duration_seconds_bucket",
+        "confidence_abstain_ratio",  # decisions, recalibration and shadows
+        "confidence_decisions_total",
+        "confidence_recalibrations",
+        "confidence_recalibration_heldout_ece",
+        "confidence_shadow_reads_total",
     ]
     assert [n for n in needed if n not in text] == []
 

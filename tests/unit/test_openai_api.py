@@ -3,6 +3,7 @@ client), confidences, errors, streaming order, and aborts when a client leaves."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -12,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import build_app
+from service.engine.base import StreamDelta
 from tests.fake_engine import FakeEngine
 from tests.http_server import serve_in_thread
 from tests.unit.conftest import wait_ready
@@ -261,3 +263,51 @@ def test_metrics_label_the_new_endpoints(client):
     assert registry.get_sample_value("confidence_requests_total", chat) == 1
     missing = {"endpoint": "/v1/completions", "method": "adapter", "adapter": "default-unc", "code": "404"}
     assert registry.get_sample_value("confidence_requests_total", missing) == 1
+
+
+class StaggeredEngine(FakeEngine):
+    """Choice 1 ends only once a confidence read has begun: a server that waited for every
+    choice before reading any would hang (and fail the wait below)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read_started: asyncio.Event | None = None
+
+    async def generate_stream(self, prompt_ids, options, *, lora=None):
+        self.read_started = asyncio.Event()
+        yield StreamDelta(index=0, text="Paris", tokens=1, finish_reason="stop")
+        await asyncio.wait_for(self.read_started.wait(), timeout=5)
+        yield StreamDelta(index=1, text="Lyon", tokens=1, finish_reason="stop")
+
+    async def next_token_logprobs(self, prompt_ids, token_ids, *, lora=None):
+        if self.read_started is not None:
+            self.read_started.set()
+        return await super().next_token_logprobs(prompt_ids, token_ids, lora=lora)
+
+
+def test_a_choice_is_scored_as_soon_as_it_ends(settings):
+    with TestClient(build_app(settings, engine=StaggeredEngine())) as client:
+        wait_ready(client)
+        body = {"model": MODEL, "messages": CHAT, "n": 2, "stream": True}
+        events = sse_events(client.post("/v1/chat/completions", json=body).text)
+    assert all("error" not in e for e in events[:-1]), events  # no wait timed out
+    choices = [e["choices"][0] for e in events[:-1]]
+    order = [(c["index"], "done" if c["confidence"] else c["delta"].get("content")) for c in choices]
+    assert [o for o in order if o[0] == 0] == [(0, ""), (0, "Paris"), (0, "done")]
+    assert [o for o in order if o[0] == 1] == [(1, ""), (1, "Lyon"), (1, "done")]
+
+
+class ShortStreamEngine(FakeEngine):
+    """An engine stream that ends before its second choice does."""
+
+    async def generate_stream(self, prompt_ids, options, *, lora=None):
+        yield StreamDelta(index=0, text="Paris", tokens=1, finish_reason="stop")
+        yield StreamDelta(index=1, text="Ly", tokens=1)
+
+
+def test_a_stream_that_ends_early_is_an_error_not_a_hang(settings):
+    with TestClient(build_app(settings, engine=ShortStreamEngine())) as client:
+        wait_ready(client)
+        body = {"model": MODEL, "messages": CHAT, "n": 2, "stream": True}
+        events = sse_events(client.post("/v1/chat/completions", json=body).text)
+    assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "internal_error"

@@ -184,3 +184,28 @@ def test_acknowledged_feedback_survives_kill_9(tmp_path):
         )
     for i in acknowledged:
         assert labelled[f"r{i}"] == (i % 2 == 0)
+
+
+def test_shadow_confidences_join_the_labels_of_served_rows(store):
+    from service.feedback.store import SHADOW_TABLE, ShadowRecord
+
+    with store._transaction() as cursor:  # the PostgreSQL database outlives one test
+        cursor.execute(f"DELETE FROM {SHADOW_TABLE}")
+    store.record(served("r1", [0.2, 0.7]))
+    store.record(served("r2", [0.9], at=100.0))
+    store.record_shadow(ShadowRecord("r1", "unc", "v3", "adapter", 1000.0, ((0, 0.25), (1, 0.65))))
+    store.record_shadow(ShadowRecord("r2", "unc", "v3", "adapter", 100.0, ((0, 0.8),)))
+    store.add_feedback([Label("r1", 1, True), Label("r2", None, False)], now=500.0)
+    pairs = store.shadow_pairs(labelled_since=None, adapter="unc", method="adapter")
+    assert [(p.served.response_id, p.served.index, p.served.correct, p.shadow_confidence) for p in pairs] == [
+        ("r1", 1, True, 0.65),
+        ("r2", 0, False, 0.8),
+    ]  # labelled rows only (r1 item 0 has no label), by feedback time, then id
+    assert {(p.candidate_adapter, p.candidate_version) for p in pairs} == {("unc", "v3")}
+    assert store.shadow_pairs(labelled_since=None, adapter="unc", method="adapter", version="v1") == []
+    unlabelled = store.unlabelled(served_since=0.0, adapter="unc", method="adapter", version="v2", limit=10)
+    assert [(o.response_id, o.index) for o in unlabelled] == [("r1", 0)]
+    store.purge(served_before=500.0)  # r2 and its shadow row go
+    assert [
+        p.served.response_id for p in store.shadow_pairs(labelled_since=None, adapter="unc", method="adapter")
+    ] == ["r1"]

@@ -9,12 +9,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from service.api.deps import AdmissionDep, DeadlineDep, LabelsDep, MonitorDep, ServiceDep
+from service.api.deps import AdmissionDep, DeadlineDep, LabelsDep, MonitorDep, SelectiveDep, ServiceDep
 from service.api.openai import protocol as oa
 from service.api.openai.errors import stream_error
 from service.api.openai.serving import Call, OpenAIServing, served_model_name
 from service.api.streaming import STREAM_200, EventStream, framed, held_until_streamed
+from service.decisions.selective import SelectiveAnswering
 from service.engine.base import Completion as EngineCompletion
+from service.errors import InvalidRequestError
 from service.monitoring.monitor import CalibrationMonitor
 from service.serving.admission import Admission
 from service.serving.core import Answers, ConfidenceReader, ConfidenceService
@@ -50,15 +52,17 @@ async def chat_completions(
     deadline: DeadlineDep,
     monitor: MonitorDep,
     labels: LabelsDep,
+    selective: SelectiveDep,
 ) -> Any:
     """A chat completion whose every choice carries its calibrated confidence."""
     labels.note(request.method.value, request.adapter)
     call = await openai.chat_call(request)
+    await _check_decisions(selective, openai, request, call)
     serve = _Serve(openai.service, admission, deadline, monitor, request, call, "chat.completions")
     if request.stream:
         return serve.stream(openai.chat_stream)
     answers, reader = await serve.answers()
-    return openai.chat_response(call, answers, reader)
+    return await _decided(selective, request, reader, openai.chat_response(call, answers, reader))
 
 
 @router.post("/completions", response_model=oa.Completion, responses={**OPENAI_ERRORS, **STREAM_200})
@@ -69,15 +73,52 @@ async def completions(
     deadline: DeadlineDep,
     monitor: MonitorDep,
     labels: LabelsDep,
+    selective: SelectiveDep,
 ) -> Any:
     """A text completion (no chat template) whose every choice carries its confidence."""
     labels.note(request.method.value, request.adapter)
     call = await openai.completion_call(request)
+    await _check_decisions(selective, openai, request, call)
     serve = _Serve(openai.service, admission, deadline, monitor, request, call, "completions")
     if request.stream:
         return serve.stream(openai.completion_stream)
     answers, reader = await serve.answers()
-    return openai.completion_response(call, answers, reader)
+    return await _decided(selective, request, reader, openai.completion_response(call, answers, reader))
+
+
+async def _check_decisions(
+    selective: SelectiveAnswering, openai: OpenAIServing, request: oa.SamplingRequest, call: Call
+) -> None:
+    """Selective answering (the extra abstain_below / target_error_rate): refused while
+    streaming, and a target that cannot be met is a 409 before any engine work."""
+    if request.abstain_below is None and request.target_error_rate is None:
+        return
+    if request.stream:
+        param = "abstain_below" if request.abstain_below is not None else "target_error_rate"
+        raise InvalidRequestError(f"'{param}' is not available with stream=true on /v1 yet", param=param)
+    await selective.check(request, openai.service.registry, method=request.method, adapter=call.adapter)
+
+
+async def _decided(
+    selective: SelectiveAnswering,
+    request: oa.SamplingRequest,
+    reader: ConfidenceReader,
+    response: oa.ChatCompletion | oa.Completion,
+) -> oa.ChatCompletion | oa.Completion:
+    """Each choice's confidence with its decision, when the request asked for one."""
+    selection = await selective.selection(request, reader.info, reader.method)
+    if selection is None:
+        return response
+    for choice in response.choices:
+        confidence = choice.confidence
+        assert confidence is not None  # set on every non-streamed choice
+        update: dict[str, Any] = {
+            "decision": selective.decide(confidence.value, selection, reader.info, reader.method)
+        }
+        if selection.source != "request":
+            update["selection"] = selection
+        choice.confidence = confidence.model_copy(update=update)
+    return response
 
 
 class _Serve:
@@ -90,7 +131,7 @@ class _Serve:
         admission: Admission,
         deadline: Deadline,
         monitor: CalibrationMonitor,
-        request: oa._Sampling,
+        request: oa.SamplingRequest,
         call: Call,
         endpoint: str,
     ) -> None:
@@ -120,8 +161,7 @@ class _Serve:
             reader: ConfidenceReader = resources.enter_context(
                 self.service.reader(self.request.method, call.adapter)
             )
-            events = self.service.answer_stream(call.prompt, call.options, reader)
-            self.service.check_fits(call.prompt, call.options)  # a 400, not an error frame
+            events = self.service.answer_stream(call.prompt, call.options, reader)  # may raise a 4xx
 
             self.monitor.count_tokens(len(call.prompt.ids), 0)
 

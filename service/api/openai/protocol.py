@@ -4,7 +4,9 @@ Requests ignore unknown top-level fields (as vLLM does): clients that send OpenA
 parameters this server does not implement (`presence_penalty`, `tools`, …) keep working,
 and those parameters have no effect. Extra, non-OpenAI request fields (what the `openai`
 client sends through `extra_body`): `adapter` (uncertainty adapter, `name` or
-`name@version`) and `method` (`adapter` | `zero_shot`).
+`name@version`), `method` (`adapter` | `zero_shot`), and `abstain_below` or
+`target_error_rate` (selective answering: each choice's confidence then carries `decision`,
+and with a target the `selection` it rests on; not while streaming).
 
 Every choice carries `confidence`: the calibrated probability that its answer is correct,
 the method and adapter that read it, and the `feedback` reference (`id`, `index`) that
@@ -18,7 +20,15 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from service.api.protocol import MAX_ID_CHARS, MAX_TEXT_CHARS, Method
+from service.api.protocol import (
+    MAX_ID_CHARS,
+    MAX_TEXT_CHARS,
+    Decision,
+    DecisionsWhenAsked,
+    Method,
+    Selection,
+    Selective,
+)
 
 MAX_CHOICES = 16
 MAX_STOP = 8
@@ -36,7 +46,7 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
-class _Sampling(_Request):
+class SamplingRequest(_Request, Selective):
     """The parameters both endpoints share. Defaults follow OpenAI (temperature 1)."""
 
     model: str = Field(max_length=512, description="The base model's id (or an adapter entry of /v1/models).")
@@ -93,7 +103,7 @@ class ChatMessage(_Request):
         return content
 
 
-class ChatCompletionRequest(_Sampling):
+class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1, description="A chat ending with a user turn.")
     max_completion_tokens: int | None = Field(default=None, ge=1, description="Wins over max_tokens.")
     logprobs: bool = False
@@ -130,7 +140,7 @@ class ChatCompletionRequest(_Sampling):
         return (self.top_logprobs or 0) if self.logprobs else None
 
 
-class CompletionRequest(_Sampling):
+class CompletionRequest(SamplingRequest):
     prompt: str | list[str] = Field(description="One prompt (a list must hold exactly one).")
     logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     echo: bool = Field(default=False, description="Not supported: true is refused.")
@@ -166,11 +176,15 @@ class FeedbackRef(BaseModel):
     index: int = Field(description="The choice index, as POST /feedback takes it.")
 
 
-class Confidence(BaseModel):
+class Confidence(DecisionsWhenAsked):
     value: float = Field(ge=0.0, le=1.0, description="Calibrated probability the answer is correct.")
     method: Method
     adapter: str | None = Field(description="name@version of the adapter that read it; null for zero_shot.")
     feedback: FeedbackRef
+    decision: Decision | None = Field(
+        default=None, description="Only with the extra abstain_below or target_error_rate."
+    )
+    selection: Selection | None = Field(default=None, description="Only with target_error_rate.")
 
 
 class Usage(BaseModel):

@@ -70,7 +70,7 @@ class OpenAIServing:
         adapters = [oa.ModelCard(id=spec, root=spec, parent=self.model) for spec in self._adapter_ids()]
         return oa.ModelList(data=[base, *adapters])
 
-    def _adapter(self, request: oa._Sampling) -> str | None:
+    def _adapter(self, request: oa.SamplingRequest) -> str | None:
         """The adapter a request asks for. `model` names the base model, or an adapter
         entry of /v1/models (answers still come from the base model; the entry chooses
         the uncertainty adapter)."""
@@ -103,7 +103,7 @@ class OpenAIServing:
         return Call(f"cmpl-{uuid.uuid4().hex}", prompt, options, adapter, request.include_usage())
 
     def _options(
-        self, request: oa._Sampling, max_tokens: int | None, param: str, logprobs: int | None
+        self, request: oa.SamplingRequest, max_tokens: int | None, param: str, logprobs: int | None
     ) -> SamplingOptions:
         return self.service.sampling(
             max_tokens=max_tokens,

@@ -48,6 +48,7 @@ def listing(registry: AdapterRegistry, *, admin: bool = False) -> AdapterList:
         default=default.spec if default else None,
         adapters=[summary(registry, a) for a in registry.list()],
         rejected=registry.rejected_details if admin else registry.rejected,
+        previous_default=registry.previous_default,
     )
 
 
@@ -79,6 +80,13 @@ async def set_default(request: SetDefaultRequest, ops: OpsDep, _: AdminDep) -> A
     """Atomically switch what requests naming no adapter get."""
     await ops.set_default(request.adapter)
     return listing(ops.registry, admin=True)
+
+
+@router.post("/admin/adapters/{name}/rollback", response_model=AdapterList, responses=ERRORS)
+async def rollback_default(name: str, ops: OpsDep, _: AdminDep) -> AdapterList:
+    """Return the default from `name`'s current version to the previous default."""
+    await ops.rollback(name)
+    return listing(ops.registry)
 
 
 @router.delete("/admin/adapters/{name}/{version}", response_model=AdapterList, responses=ERRORS)

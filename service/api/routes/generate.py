@@ -7,10 +7,11 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from service.api.deps import AdmissionDep, DeadlineDep, LabelsDep, MonitorDep, ServiceDep
+from service.api.deps import AdmissionDep, DeadlineDep, LabelsDep, MonitorDep, SelectiveDep, ServiceDep
 from service.api.error_mapping import INFERENCE_ERRORS
 from service.api.protocol import ErrorBody, ErrorResponse, GenerateDelta, GenerateRequest, GenerateResponse
 from service.api.streaming import STREAM_200, EventStream, framed, held_until_streamed
+from service.decisions.selective import SelectiveAnswering
 from service.errors import ServiceError
 from service.monitoring.monitor import CalibrationMonitor
 
@@ -29,20 +30,22 @@ async def generate(
     deadline: DeadlineDep,
     monitor: MonitorDep,
     labels: LabelsDep,
+    selective: SelectiveDep,
 ) -> Any:
     """Answer with the base model and return the calibrated probability the answer is correct
     (with `stream: true`, as server-sent events)."""
     labels.note(request.method.value, request.adapter)
+    await selective.check(request, service.registry, method=request.method, adapter=request.adapter)
     if request.stream:
         with held_until_streamed() as resources:
             resources.enter_context(admission.admit(1))
             reader = resources.enter_context(service.reader(request.method, request.adapter))
             prompt, options = await service.generate_inputs(request)
-            service.check_fits(prompt, options)
-            events = _recorded(service.generate_stream(prompt, options, reader), request, monitor)
+            events = _recorded(service.generate_stream(prompt, options, reader), request, monitor, selective)
             return EventStream(framed(deadline.stream(events), _error_frame), resources=resources)
     with admission.admit(1):
         response = await deadline.within(service.generate(request))
+    response = await selective.generate(request, response)
     await monitor.served_generate(request, response)
     return response
 
@@ -51,11 +54,14 @@ async def _recorded(
     events: AsyncGenerator[GenerateDelta | GenerateResponse, None],
     request: GenerateRequest,
     monitor: CalibrationMonitor,
+    selective: SelectiveAnswering,
 ) -> AsyncGenerator[BaseModel, None]:
-    """Records the final response before sending it, so its id works for feedback at once."""
+    """Records the final response before sending it, so its id works for feedback at once
+    (with its decision, when the request asked for one)."""
     async with aclosing(events):
         async for event in events:
             if isinstance(event, GenerateResponse):
+                event = await selective.generate(request, event)
                 await monitor.served_generate(request, event)
             yield event
 
