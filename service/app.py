@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI
 
 from service.api import error_mapping, middleware
 from service.api.deps import identify_client
+from service.api.metrics_port import MetricsPort
 from service.api.openai import api_router as openai_api
 from service.api.routes import adapter_admin, decisions, feedback, generate, health, monitoring, score
 from service.decisions.selective import selective_for
@@ -108,6 +109,8 @@ def build_app(
         adapter_label=app.state.monitor.adapter_label,
     )
     error_mapping.install(app)
+    if settings.metrics_port is not None:
+        app.add_middleware(MetricsPort, metrics_port=settings.metrics_port)
     for module in (generate, score, adapter_admin, health, feedback, monitoring, openai_api, decisions):
         app.include_router(module.router)
     return app

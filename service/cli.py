@@ -38,12 +38,16 @@ def _serve(_: argparse.Namespace) -> int:
         timeout_graceful_shutdown=settings.drain_timeout_s,
     )
     server = holder["server"] = uvicorn.Server(config)
+    sockets = None
+    if settings.metrics_port is not None:  # one server, two listeners (service.api.metrics_port)
+        metrics = uvicorn.Config(app, host=settings.host, port=settings.metrics_port)
+        sockets = [config.bind_socket(), metrics.bind_socket()]
     # On SIGTERM uvicorn drains (closes the listener, lets in-flight requests finish for up
     # to the drain timeout, runs the lifespan shutdown) and then re-raises the signal into
     # the handler that was installed before it. SIGTERM is how containers and pods are
     # stopped, so a completed drain must end in exit status 0, not in death by the signal.
     signal.signal(signal.SIGTERM, _drained)
-    server.run()
+    server.run(sockets=sockets)
     state = app.state.service_state
     if state.phase.value == "failed":  # start-up failed, or the watchdog saw the engine die
         print(f"confidence serve: {state.detail}", file=sys.stderr)

@@ -29,6 +29,13 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Serve /metrics only on this second port (and not on `port`), so a network policy "
+        "can let monitoring reach the metrics alone; unset = /metrics on `port`.",
+    )
 
     adapter_root: Path = Field(default=DEFAULT_ADAPTER_ROOT, description="Directory of exported adapters.")
     default_adapter: str | None = Field(
