@@ -121,3 +121,23 @@ def test_unload_past_the_drain_timeout_aborts_holders_with_a_503_before_removing
     assert result["r"].json()["error"]["type"] == "adapter_unavailable"
     assert engine.cancelled >= 1  # its engine work was aborted, not left running
     assert took < 5.0
+
+
+def test_an_admin_load_finishes_when_the_admin_client_leaves(settings, adapter_root):
+    engine = FakeEngine()
+    settings = settings.model_copy(update={"admin_token": SecretStr(TOKEN)})
+    app = build_app(settings, engine=engine)
+    with serve_in_thread(app) as url:
+        write_adapter(adapter_root, "other", "v2")
+        engine.latency_s = 1.0  # the load's warm-up read takes a while
+        with pytest.raises(httpx.ReadTimeout):  # the admin client gives up and disconnects
+            httpx.post(
+                f"{url}/admin/adapters", json={"name": "other", "version": "v2"}, headers=AUTH, timeout=0.3
+            )
+        deadline = time.monotonic() + 10
+        while "other@v2" not in {
+            f"{a['name']}@{a['version']}" for a in httpx.get(f"{url}/adapters").json()["adapters"]
+        }:
+            assert time.monotonic() < deadline, "the load was abandoned with the client"
+            time.sleep(0.05)
+        assert any(lora.path.name == "v2" for lora in engine.loras.values())
