@@ -172,3 +172,10 @@ def test_the_default_body_limit_follows_the_context(settings, engine):
         response = httpx.post(f"{url}/generate", content=b"x" * ((1 << 20) + 1), timeout=10.0)
     assert response.status_code == 413
     assert "CONFIDENCE_MAX_BODY_BYTES" in response.json()["error"]["message"]
+
+
+def test_openai_chat_messages_are_capped_too(client):
+    body = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}] * 129}
+    response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    assert "128" in response.text
