@@ -135,3 +135,14 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=900s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/ready' % os.environ.get('CONFIDENCE_PORT', '8000'), timeout=4)"]
 ENTRYPOINT ["tini", "--"]
 CMD ["confidence", "serve"]
+
+# ---- gpu-train: the gpu image plus the training job, for multi-GPU training ----
+# (torchrun / accelerate launch; deploy/k8s/training runs it as a Kubernetes Job)
+FROM gpu AS gpu-train
+USER 0:0
+RUN --mount=type=bind,target=/src,rw \
+    --mount=type=secret,id=pip_ca \
+    if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
+ && python3 -m pip install -q --no-cache-dir "/src[gpu,model,train]"
+USER 10001:10001
+CMD ["confidence", "train", "--help"]

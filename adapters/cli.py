@@ -8,7 +8,10 @@ its options belong to the job's own dataclass parsers (`confidence train --help`
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
+from typing import cast
 
 
 def _dataclass_args(types: tuple[type, ...], argv: list[str]) -> tuple[object, ...]:
@@ -27,14 +30,20 @@ def label(argv: list[str]) -> int:
 
 def train(argv: list[str]) -> int:
     """train, calibrate and export an uncertainty adapter"""
-    from adapters.job import JobConfig, run_job
+    from adapters.job import JobConfig, run_job, target_version
     from adapters.labelling import resolve_model
     from adapters.train_config import QueryTrainingArguments, TrainConfig
 
     if "--model" not in argv:  # default: the embedded model, fetched if needed
         argv = ["--model", resolve_model(None), *argv]
-    train_config, training_args, job = _dataclass_args((TrainConfig, QueryTrainingArguments, JobConfig), argv)
-    exported = run_job(train_config, training_args, job)  # type: ignore[arg-type]
+    parsed = _dataclass_args((TrainConfig, QueryTrainingArguments, JobConfig), argv)
+    config, args, job = cast(tuple[TrainConfig, QueryTrainingArguments, JobConfig], parsed)
+    if "--output_dir" not in argv:
+        # One run directory per target version: rerunning an interrupted job (whose version
+        # is still free) resumes it, and a new version never resumes an old run.
+        run_dir = Path(job.runs_root) / f"{job.name}-{target_version(job).name}"
+        args = dataclasses.replace(args, output_dir=str(run_dir))
+    exported = run_job(config, args, job)
     if exported is not None:  # None: a secondary process of a distributed launch
         print(exported)
     return 0

@@ -3,13 +3,14 @@
 On held-out questions and the base model's own answers: LoRA + Prompt (the adapter,
 temperature-scaled, as served), the zero-shot classifier (same query, no adapter),
 verbalized confidence and sampling self-consistency — all on the same items. Writes
-report.json / report.md / reliability.png and records the headline metrics and the
-reference confidence histogram (for drift monitoring) in the adapter's manifest.
+report.json / report.md / reliability.png, metrics.json (the point estimates) and
+predictions.jsonl into the report directory; the adapter's version directory is never
+rewritten (its reference histogram comes from the training job's calibration split).
 
 Example:
 
     confidence eval --adapter adapters/exported/smollm2-135m-uncertainty/v6 \\
-        --graded data/graded/train_mix.jsonl --mmlu data/graded/mmlu.jsonl
+        --graded adapters/graded/smollm2-135m/train_mix.jsonl --mmlu adapters/graded/smollm2-135m/mmlu.jsonl
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from typing import Any
 import numpy as np
 
 from adapters.calibrate import apply_temperature
-from adapters.data import GradedRecord, read_graded_jsonl, stable_seed
+from adapters.data import GradedRecord, stable_seed
 from adapters.report import write_report
-from service.calibration.metrics import confidence_histogram, nan_to_none
+from service.calibration.metrics import nan_to_none
+from service.calibration.records import read_records
 from service.engine.base import Engine, LoRA
-from service.lora.manifest import AdapterManifest, ReferenceHistogram
+from service.lora.manifest import AdapterManifest
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,6 @@ class EvalConfig:
     baselines: bool = field(default=True, metadata={"help": "also run verbalized and self-consistency"})
     n_boot: int = 1000
     seed: int = 0
-    update_manifest: bool = True
 
 
 def subsample(records: list[GradedRecord], limit: int | None, seed: int) -> list[GradedRecord]:
@@ -72,9 +73,9 @@ def eval_sets(config: EvalConfig) -> dict[str, list[GradedRecord]]:
     """Held-out sets: MMLU test; open-ended test splits (together and per source); other MC tests."""
     sets: dict[str, list[GradedRecord]] = {}
     if config.mmlu is not None:
-        mmlu = [r for r in read_graded_jsonl(config.mmlu) if r.meta.get("mmlu_split", r.split) == "test"]
+        mmlu = [r for r in read_records([config.mmlu]) if r.meta.get("mmlu_split", r.split) == "test"]
         sets["mmlu_test"] = subsample(mmlu, config.max_mmlu, config.seed)
-    test = [r for path in config.graded for r in read_graded_jsonl(path) if r.split == "test"]
+    test = read_records(config.graded, split="test")
     open_ended = subsample([r for r in test if r.kind in OPEN_KINDS], config.max_per_set, config.seed)
     if open_ended:
         sets["open_ended_test"] = open_ended
@@ -84,6 +85,10 @@ def eval_sets(config: EvalConfig) -> dict[str, list[GradedRecord]]:
     mc = subsample([r for r in test if r.kind == "mc"], config.max_per_set, config.seed)
     if mc:
         sets["mc_test"] = mc
+    # Users' own records (README format) carry no kind; they are evaluated as one set.
+    own = subsample([r for r in test if r.kind is None], config.max_per_set, config.seed)
+    if own:
+        sets["own_test"] = own
     return {name: recs for name, recs in sets.items() if recs}
 
 
@@ -106,6 +111,7 @@ async def method_confidences(
 
 
 PREDICTIONS_NAME = "predictions.jsonl"
+METRICS_NAME = "metrics.json"
 
 
 def write_predictions(
@@ -122,7 +128,7 @@ def write_predictions(
 
 
 def headline(report: dict[str, Any]) -> dict[str, Any]:
-    """Per eval set and method: the point estimates the manifest keeps."""
+    """Per eval set and method: the point estimates (metrics.json of the report)."""
     out: dict[str, Any] = {}
     for set_name, methods in report["eval_sets"].items():
         out[set_name] = {
@@ -163,13 +169,9 @@ async def evaluate_async(config: EvalConfig, engine: Engine) -> dict[str, Any]:
     report = write_report(
         results, report_dir, metadata=nan_to_none(metadata), n_boot=config.n_boot, seed=config.seed
     )
-    if config.update_manifest:
-        # Every held-out item once (the per-source sets are views of open_ended_test).
-        held_out = confidences["lora_prompt"]
-        # Merged, not replaced: the training job's temperature fit (per source) stays beside it.
-        manifest.metrics = {**manifest.metrics, **nan_to_none(headline(report))}
-        manifest.reference_histogram = ReferenceHistogram.model_validate(confidence_histogram(held_out))
-        manifest.write(config.adapter)
+    # The version directory is written once, by the export: the evaluation's numbers live
+    # in the report directory (report.json in full, metrics.json as point estimates).
+    (report_dir / METRICS_NAME).write_text(json.dumps(nan_to_none(headline(report)), indent=2) + "\n")
     write_predictions(report_dir / PREDICTIONS_NAME, unique, confidences)
     log.info("report written to %s", report_dir)
     return report

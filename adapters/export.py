@@ -16,16 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from service.calibration.query import QUERY_TEMPLATE_VERSION, label_tokens, template_compatible
+from service.calibration.query import QUERY_TEMPLATE_VERSION, LabelTokens, label_tokens, template_compatible
 from service.lora.manifest import (
     NAME_PATTERN,
     AdapterManifest,
@@ -42,19 +41,11 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # Written by adapters.train beside the adapter; checked when present.
 TRAINING_SUMMARY = "training_summary.json"
-# Tensors that would replace the served model's own vocabulary layers: an adapter that
-# carries them is not a query adapter, and vLLM's LoRA path does not apply them anyway.
-FORBIDDEN_TENSOR_PARTS = ("embed_tokens", "lm_head", "modules_to_save", "trainable_tokens")
 
 
 def check_name(field: str, value: str) -> None:
     if not re.fullmatch(NAME_PATTERN, value):
         raise ValueError(f"{field}: {value!r} must match {NAME_PATTERN}")
-
-
-def forbidden_tensors(names: Iterable[str]) -> list[str]:
-    """Tensor names that an uncertainty-query adapter must not contain."""
-    return sorted(n for n in names if any(part in n for part in FORBIDDEN_TENSOR_PARTS))
 
 
 def export_config(config: dict[str, Any], *, base_model_name: str) -> dict[str, Any]:
@@ -89,6 +80,27 @@ def check_training_summary(adapter_dir: Path, *, fingerprint: str) -> dict[str, 
     return summary
 
 
+def inspect_staged(staged: Path, *, fingerprint: str, tokens: LabelTokens) -> None:
+    """The service's own check of a servable adapter directory, run before publishing, so
+    an export the service would refuse never appears under the adapter root.
+
+    Raises:
+        ValueError: what the service would refuse the adapter for.
+    """
+    from service.errors import AdapterLoadError
+    from service.lora.files import BaseModelInfo, inspect_adapter
+    from service.settings import Settings
+
+    # The rank limit of a service run with default settings.
+    max_rank = Settings.model_fields["max_lora_rank"].default
+    try:
+        inspect_adapter(
+            staged, BaseModelInfo(weights_sha256=fingerprint, labels=tokens, max_lora_rank=max_rank)
+        )
+    except AdapterLoadError as exc:
+        raise ValueError(f"the service would refuse this export: {exc.message}") from exc
+
+
 def export_adapter(
     adapter_dir: str | Path,
     *,
@@ -114,7 +126,6 @@ def export_adapter(
             embedding or LM-head tensors, or was trained on another template or base.
         FileExistsError: that version is already exported (versions are immutable).
     """
-    from safetensors import safe_open
     from transformers import AutoTokenizer
 
     check_name("name", name)
@@ -124,10 +135,6 @@ def export_adapter(
     if target.exists():
         raise FileExistsError(f"{target} already exists; export a new version instead")
 
-    with safe_open(str(adapter_dir / ADAPTER_WEIGHTS), framework="pt") as weights:
-        bad = forbidden_tensors(weights.keys())
-    if bad:
-        raise ValueError(f"{adapter_dir / ADAPTER_WEIGHTS}: embedding/LM-head tensors {bad[:5]}")
     base_name = base_model_name or base_dir.name
     config = export_config(json.loads((adapter_dir / ADAPTER_CONFIG).read_text()), base_model_name=base_name)
     fingerprint = weights_fingerprint(base_dir)
@@ -155,18 +162,21 @@ def export_adapter(
         ),
     )
 
+    # Staged as <root>/.staging-*/<name>/<version> (the registry skips hidden directories),
+    # so the service's own inspection sees the layout it will serve.
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=target.parent))
+    staging_root = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_root))
+    staged = staging_root / name / version
     try:
-        shutil.copyfile(adapter_dir / ADAPTER_WEIGHTS, staging / ADAPTER_WEIGHTS)
-        (staging / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        manifest.write(staging)
-        os.chmod(staging, 0o755)  # mkdtemp makes it owner-only
+        staged.mkdir(parents=True)
+        shutil.copyfile(adapter_dir / ADAPTER_WEIGHTS, staged / ADAPTER_WEIGHTS)
+        (staged / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        manifest.write(staged)
+        inspect_staged(staged, fingerprint=fingerprint, tokens=tokens)
         # rename is atomic within a filesystem and fails if the target appeared meanwhile.
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        staged.rename(target)
+    finally:
+        shutil.rmtree(staging_root, ignore_errors=True)
     log.info("exported %s/%s to %s", name, version, target)
     return target
 

@@ -1,15 +1,21 @@
 """`confidence train`: train the LoRA, fit its temperature as served, export it.
 
+0. Before anything is trained: the target version must be free (default: the next free
+   one), the train split must hold no evaluation-only record, and there must be held-out
+   calibration data.
 1. `adapters.train.train` fine-tunes the LoRA on the graded records of the train split.
 2. The temperature is fitted on held-out data — the calibration split plus MMLU's
    validation questions — reading the adapter through vLLM exactly as the service will.
-3. `adapters.export.export_adapter` writes `<export_root>/<name>/<version>/` with the
-   manifest; `confidence eval` then adds the report and the reference histogram.
+3. `adapters.export.export_adapter` writes `<export_root>/<name>/<version>/` once, with the
+   manifest (temperature, calibration-split numbers, reference histogram); `confidence
+   eval` writes its report into the report directory, never into the version.
 
-Example (reproduces the shipped default adapter; see README):
+Under `torchrun` / `accelerate launch` every process trains and the main one fits and exports.
 
-    confidence train --train_files data/graded/train_mix.jsonl --mmlu data/graded/mmlu.jsonl \\
-        --output_dir runs/smollm2 --name smollm2-135m-uncertainty --version v1
+Example (the shipped default adapter's recipe is scripts/train_default_adapter):
+
+    confidence train --train_files adapters/graded/smollm2-135m/train_mix.jsonl \\
+        --mmlu adapters/graded/smollm2-135m/mmlu.jsonl --name smollm2-135m-uncertainty --version v7
 """
 
 from __future__ import annotations
@@ -27,13 +33,24 @@ from typing import Any
 import numpy as np
 
 from adapters.calibrate import apply_temperature
-from adapters.data import GradedRecord, read_graded_jsonl
 from adapters.train import SUMMARY_FILE, count_by_source, read_split, train
 from adapters.train_config import QueryTrainingArguments, TrainConfig
-from service.calibration.metrics import accuracy, ece, mean_confidence
+from service.calibration.metrics import (
+    accuracy,
+    auroc,
+    brier,
+    confidence_histogram,
+    ece,
+    mean_confidence,
+    nan_to_none,
+    nll,
+)
+from service.calibration.records import GradedRecord, read_records
 from service.engine.base import LoRA
 
 log = logging.getLogger(__name__)
+
+POINT_METRICS = {"accuracy": accuracy, "ece": ece, "auroc": auroc, "brier": brier, "nll": nll}
 
 
 @dataclass
@@ -48,6 +65,10 @@ class JobConfig:
         default=None, metadata={"help": "graded MMLU JSONL; its val questions join T fitting"}
     )
     base_model_name: str | None = field(default=None, metadata={"help": "manifest base-model name"})
+    runs_root: str = field(
+        default="runs",
+        metadata={"help": "without --output_dir, the run goes to <runs_root>/<name>-<version>"},
+    )
 
 
 def next_free_version(name_dir: Path) -> str:
@@ -86,7 +107,7 @@ def calibration_records(config: TrainConfig, job: JobConfig) -> list[GradedRecor
     if job.mmlu:
         records += [
             r
-            for r in read_graded_jsonl(Path(job.mmlu))
+            for r in read_records([job.mmlu])
             if r.meta.get("mmlu_split") == "validation" or r.meta.get("mmlu_split") == "val"
         ]
     if not records:
@@ -94,8 +115,11 @@ def calibration_records(config: TrainConfig, job: JobConfig) -> list[GradedRecor
     return records
 
 
-def fit_served_temperature(model: str, adapter_dir: Path, records: list[GradedRecord]) -> dict[str, Any]:
-    """Fit T on the adapter's logit gaps as vLLM computes them (what the service serves)."""
+def fit_served_temperature(
+    model: str, adapter_dir: Path, records: list[GradedRecord]
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Fit T on the adapter's logit gaps as vLLM computes them (what the service serves);
+    returns the fit and the served (tempered) confidences of the records."""
     from adapters.calibrate import fit_temperature
     from adapters.scoring import offline_engine, query_gaps
 
@@ -111,10 +135,11 @@ def fit_served_temperature(model: str, adapter_dir: Path, records: list[GradedRe
     y = np.array([float(r.correct) for r in records])
     fit = fit_temperature(g, y)
     by_source = Counter(r.source for r in records)
-    return {
+    p = apply_temperature(g, fit.temperature)
+    summary = {
         **fit.to_dict(),
         "sources": dict(by_source),
-        "per_source": per_source_calibration(records, apply_temperature(g, fit.temperature), y),
+        "per_source": per_source_calibration(records, p, y),
         # Kept with the version (manifest calibration_outcomes, not its metrics): the service's
         # target_error_rate thresholds rest on them until live labels arrive.
         "calibration_outcomes": {
@@ -123,6 +148,7 @@ def fit_served_temperature(model: str, adapter_dir: Path, records: list[GradedRe
             "correct": [bool(v) for v in y],
         },
     }
+    return summary, p
 
 
 def per_source_calibration(records: list[GradedRecord], p: np.ndarray, y: np.ndarray) -> dict[str, Any]:
@@ -171,12 +197,17 @@ def run_job(config: TrainConfig, args: QueryTrainingArguments, job: JobConfig) -
             "fitted on the calibration split, which must stay unseen by training"
         )
     target = target_version(job)
+    # Bad data fails here, in seconds: evaluation-only records, or nothing to fit T on.
+    read_split(config, config.split, training=True)
+    held_out = calibration_records(config, job)
     adapter_dir = train(config, args)
     if not is_main_process():
         return None
-    fit = fit_served_temperature(config.model, adapter_dir, calibration_records(config, job))
+    leave_distributed_launch()
+    fit, confidences = fit_served_temperature(config.model, adapter_dir, held_out)
     calibration_outcomes = fit.pop("calibration_outcomes")
     log.info("temperature %.3f (NLL %.4f -> %.4f)", fit["temperature"], fit["nll_before"], fit["nll_after"])
+    y = np.array([float(r.correct) for r in held_out])
     return export_adapter(
         adapter_dir,
         out_root=job.export_root,
@@ -185,11 +216,41 @@ def run_job(config: TrainConfig, args: QueryTrainingArguments, job: JobConfig) -
         base_model_dir=config.model,
         temperature=fit["temperature"],
         training_data=training_data_summary(config, adapter_dir),
-        metrics={"temperature_fit": fit},
-        reference_histogram=None,
+        # The served confidences on the calibration data, whose T was fitted there (so
+        # in-sample for T): the test-split numbers are `confidence eval`'s report.
+        metrics={
+            "temperature_fit": fit,
+            "calibration_split": {"lora_prompt": calibration_summary(confidences, y)},
+        },
+        # Drift monitoring compares live confidences with these held-out ones.
+        reference_histogram=confidence_histogram(confidences),
         base_model_name=job.base_model_name,
         calibration_outcomes=calibration_outcomes,
     )
+
+
+def calibration_summary(p: np.ndarray, y: np.ndarray) -> dict[str, float | int | None]:
+    """n and the point metrics the adapter listing shows per evaluation set."""
+    return nan_to_none({"n": int(y.size), **{name: fn(p, y) for name, fn in POINT_METRICS.items()}})
+
+
+# What torchrun / accelerate launch set for the training processes; vLLM reads some of
+# them and would try to join the finished training's process group.
+LAUNCH_VARIABLES = (
+    "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+    "ROLE_WORLD_SIZE", "GROUP_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
+)  # fmt: skip
+
+
+def leave_distributed_launch() -> None:
+    """Close the training's process group and forget the launcher's variables, so the
+    temperature fit starts its own vLLM engine as a single process would."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    for name in LAUNCH_VARIABLES:
+        os.environ.pop(name, None)
 
 
 def is_main_process() -> bool:

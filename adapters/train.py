@@ -41,9 +41,9 @@ from typing import Any, Literal
 import numpy as np
 
 from adapters.collator import left_pad, position_ids, tokenize_records
-from adapters.data import GradedRecord, read_graded_jsonl
 from adapters.train_config import QueryTrainingArguments, TrainConfig, parse_repeats
 from service.calibration.query import QUERY_TEMPLATE_VERSION, LabelTokens, label_tokens, query_ids
+from service.calibration.records import GradedRecord, read_records
 from service.engine.cpu import cpu_has_native_bf16
 
 log = logging.getLogger(__name__)
@@ -100,16 +100,20 @@ def every_choice_training_records(config: TrainConfig) -> list[GradedRecord]:
     return records
 
 
-def read_split(config: TrainConfig, split: str | None) -> list[GradedRecord]:
+def read_split(config: TrainConfig, split: str | None, *, training: bool = False) -> list[GradedRecord]:
     """One split of the training files (records without one get the hash split), without
-    the excluded sources; asking for training data refuses evaluation-only records."""
-    records = [r for path in config.train_files for r in read_graded_jsonl(Path(path), split=split)]  # type: ignore[arg-type]
-    return drop_sources(records, config.exclude_sources)
+    the excluded sources; `training` refuses evaluation-only (MMLU) records."""
+    return read_records(
+        config.train_files,
+        split=split,  # type: ignore[arg-type]  # TrainConfig.__post_init__ checks it
+        training=training,
+        exclude_sources=config.exclude_sources,
+    )
 
 
 def training_records(config: TrainConfig) -> tuple[list[GradedRecord], list[GradedRecord]]:
     """(records to train on, of them the every-choice ones), oversampled as configured."""
-    records = oversample(read_split(config, config.split), parse_repeats(config.repeat))
+    records = oversample(read_split(config, config.split, training=True), parse_repeats(config.repeat))
     choice_records = drop_sources(every_choice_training_records(config), config.exclude_sources)
     if choice_records:
         log.info("%d every-choice records from %s", len(choice_records), config.every_choice)
@@ -239,10 +243,11 @@ def train(config: TrainConfig, args: QueryTrainingArguments) -> Path:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() and not args.use_cpu:
         # Without it accelerate sees no distributed CPU run and each process trains alone.
         args = dataclasses.replace(args, use_cpu=True)
+    # Data first: a bad file or evaluation-only records fail before the model is loaded.
+    records, choice_records = training_records(config)
     set_seed(args.seed)
     base, tokenizer = load_base(config.model, config.dtype)
     tokens = label_tokens(tokenizer)
-    records, choice_records = training_records(config)
     examples, skipped = tokenize_records(tokenizer, records, max_len=config.max_len)
     if not examples:
         raise ValueError(

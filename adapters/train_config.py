@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from transformers import IntervalStrategy, SchedulerType, TrainingArguments
 
+from service.calibration.records import SPLITS
+
 
 def parse_repeats(specs: Sequence[str], *, option: str = "repeat") -> dict[str, int]:
     """{"arc_easy": 3} from ["arc_easy=3"]; ValueError names the option and the bad spec."""
@@ -120,6 +122,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.split in ("all", "None", ""):  # the command line cannot pass None itself
             self.split = None
+        if self.split not in (None, *SPLITS):
+            raise ValueError(f"split: expected one of {SPLITS} or 'all', got {self.split!r}")
         if not self.train_files:
             raise ValueError("train_files: need at least one JSONL file")
         positive = {"lora_r": self.lora_r, "lora_alpha": self.lora_alpha, "max_len": self.max_len}

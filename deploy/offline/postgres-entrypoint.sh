@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Entrypoint of the offline postgres image: the official postgres image's start-up contract on
 # Debian's PostgreSQL, so docker-compose.yml's postgres service works unchanged.
-#   - started as root: owns PGDATA to postgres and re-runs itself as postgres;
+#   - started as root: gives PGDATA to postgres and re-runs itself as postgres (started as
+#     another user, e.g. compose `user: postgres`, it runs as that user);
 #   - an empty PGDATA: initdb with POSTGRES_USER (default postgres) as superuser and
 #     POSTGRES_PASSWORD (or *_FILE, a mounted secret), creates POSTGRES_DB, runs
 #     /docker-entrypoint-initdb.d/*.sql and *.sh against it on a socket-only server;
@@ -55,10 +56,15 @@ init_database() {
 
 if [ "${1:-}" = postgres ]; then
     if [ "$(id -u)" = 0 ]; then
-        install -d -o postgres -g postgres -m 700 "$PGDATA"
-        chown -R postgres:postgres "$PGDATA"
+        # A new volume is handed to postgres; one it already owns is left alone, so a hardened
+        # container (capabilities dropped but SETUID/SETGID) needs no CAP_CHOWN or DAC_*.
+        mkdir -p "$PGDATA"
+        if [ "$(stat -c %u "$PGDATA")" != "$(id -u postgres)" ]; then
+            chown -R postgres:postgres "$PGDATA"
+        fi
         exec setpriv --reuid=postgres --regid=postgres --init-groups "$0" "$@"
     fi
+    # Started as another user (compose `user:`): it must own PGDATA already.
     if [ ! -s "$PGDATA/PG_VERSION" ]; then
         init_database
     fi

@@ -25,9 +25,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from service.calibration.query import question_chat
 
@@ -107,29 +109,62 @@ def ensure_trainable(records: Iterable[Any]) -> None:
         )
 
 
-@dataclass
-class GradedRecord:
-    """One graded (question, answer) pair: a training or evaluation example for the
-    confidence query. See the module docstring for the JSONL format."""
+CHAT_RULE = "must be a list of {role, content} strings ending with a user turn"
 
+
+class GradedRecord(BaseModel):
+    """One graded (question, answer) pair: a training or evaluation example for the
+    confidence query. See the module docstring for the JSONL format.
+
+    A record without an id gets one from its content; a record without a split gets the
+    hash split of (source, id), so users' own files split as labelled ones do.
+    """
+
+    model_config = ConfigDict(validate_assignment=False)
+
+    # Field order is the JSONL key order: identity, then content, then meta.
+    id: str = ""
+    source: str | None = None
+    kind: Kind | None = None
+    split: Split | None = None
+    # A multi-turn chat (ending with the user turn the answer replies to) and the documents
+    # the answer draws on; absent for plain question/answer records.
+    messages: list[dict[str, str]] | None = None
+    context: list[str] | None = None
     question: str
     answer: str
     correct: bool
-    source: str | None = None
-    id: str = ""
-    kind: str | None = None
-    split: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-    messages: list[dict[str, str]] | None = None
-    context: list[str] | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
 
-    def __post_init__(self) -> None:
+    @field_validator("question")
+    @classmethod
+    def _question_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("messages")
+    @classmethod
+    def _messages_end_with_the_user(cls, value: list[dict[str, str]] | None) -> list[dict[str, str]] | None:
+        if value is not None and not (value and all({"role", "content"} <= m.keys() for m in value)
+                                      and value[-1]["role"] == "user"):  # fmt: skip
+            raise ValueError(CHAT_RULE)
+        return value
+
+    @field_validator("meta", mode="before")
+    @classmethod
+    def _meta_absent(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    @model_validator(mode="after")
+    def _identity_and_split(self) -> GradedRecord:
         if not self.id:
             # The chat and documents count only when present: plain records keep their ids.
             extra = [json.dumps(x, sort_keys=True) for x in (self.messages, self.context) if x is not None]
             self.id = f"user:{stable_seed(self.question, self.answer, *extra):016x}"
         if self.split is None:
             self.split = assign_split(self.source or "user", self.id)
+        return self
 
     def chat(self) -> list[dict[str, str]]:
         """The conversation the answer replies to, context rendered in (what the query asks about)."""
@@ -140,71 +175,45 @@ class GradedRecord:
     def to_dict(self) -> dict[str, Any]:
         """The JSONL object, keys in a reading order (identity, then content, then meta);
         `messages` and `context` only when set."""
-        fields = asdict(self)
-        order = (
-            "id",
-            "source",
-            "kind",
-            "split",
-            "messages",
-            "context",
-            "question",
-            "answer",
-            "correct",
-            "meta",
-        )
-        return {
-            key: fields[key] for key in order if key not in ("messages", "context") or fields[key] is not None
-        }
+        fields = self.model_dump()
+        return {k: v for k, v in fields.items() if k not in ("messages", "context") or v is not None}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False)
 
 
-_OPTIONAL_STR = ("source", "id", "kind", "split")
 MAX_REPORTED_ERRORS = 20
+# What a user should read for a field's type errors (pydantic's own words name Python types).
+_FIELD_PROBLEMS = {
+    "question": "'question' must be a string",
+    "answer": "'answer' must be a string",
+    "correct": "'correct' must be true or false (a JSON boolean)",
+    "split": f"'split' must be one of {SPLITS}",
+    "kind": f"'kind' must be one of {KINDS}",
+    "meta": "'meta' must be an object or absent",
+    "messages": f"'messages' {CHAT_RULE}",
+    "context": "'context' must be a list of strings or absent",
+}
 
 
-def _validate_record(obj: Any) -> list[str]:
-    """Problems with one decoded JSONL line; an empty list means it is a valid record."""
+def record_problems(obj: Any) -> tuple[GradedRecord | None, list[str]]:
+    """(the record, []) for a valid decoded JSONL line, else (None, the problems)."""
     if not isinstance(obj, dict):
-        return [f"expected a JSON object, got {type(obj).__name__}"]
-    problems = []
-    for key in ("question", "answer"):
-        if not isinstance(obj.get(key), str):
-            problems.append(f"'{key}' must be a string")
-    if isinstance(obj.get("question"), str) and not obj["question"].strip():
-        problems.append("'question' must not be empty")
-    if not isinstance(obj.get("correct"), bool):
-        problems.append("'correct' must be true or false (a JSON boolean)")
-    for key in _OPTIONAL_STR:
-        if obj.get(key) is not None and not isinstance(obj[key], str):
-            problems.append(f"'{key}' must be a string or absent")
-    if isinstance(obj.get("split"), str) and obj["split"] not in SPLITS:
-        problems.append(f"'split' must be one of {SPLITS}")
-    if isinstance(obj.get("kind"), str) and obj["kind"] not in KINDS:
-        problems.append(f"'kind' must be one of {KINDS}")
-    if obj.get("meta") is not None and not isinstance(obj["meta"], dict):
-        problems.append("'meta' must be an object or absent")
-    return problems + _chat_problems(obj)
-
-
-def _chat_problems(obj: dict[str, Any]) -> list[str]:
-    messages, context = obj.get("messages"), obj.get("context")
-    problems = []
-    if messages is not None and not (
-        isinstance(messages, list)
-        and messages
-        and all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in messages
-        )
-        and messages[-1]["role"] == "user"
-    ):
-        problems.append("'messages' must be a list of {role, content} strings ending with a user turn")
-    if context is not None and not (isinstance(context, list) and all(isinstance(d, str) for d in context)):
-        problems.append("'context' must be a list of strings or absent")
-    return problems
+        return None, [f"expected a JSON object, got {type(obj).__name__}"]
+    try:
+        # strict: JSON "yes" or 1 is not a boolean, 5 is not a string.
+        return GradedRecord.model_validate(obj, strict=True), []
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else "record"
+            if error["type"] == "missing":
+                problems.append(f"'{name}' is required")
+            elif error["type"] == "value_error":
+                problems.append(f"'{name}' {error['ctx']['error']}")
+            else:
+                problems.append(_FIELD_PROBLEMS.get(name, f"'{name}' must be a string or absent"))
+        return None, list(dict.fromkeys(problems))
 
 
 def read_graded_jsonl(path: Path, *, split: Split | None = None) -> list[GradedRecord]:
@@ -229,15 +238,10 @@ def read_graded_jsonl(path: Path, *, split: Split | None = None) -> list[GradedR
             except json.JSONDecodeError as exc:
                 errors.append(f"{path}:{lineno}: invalid JSON ({exc.msg})")
                 continue
-            problems = _validate_record(obj)
-            if problems:
+            record, problems = record_problems(obj)
+            if record is None:
                 errors.extend(f"{path}:{lineno}: {p}" for p in problems)
                 continue
-            known = {
-                k: obj.get(k)
-                for k in ("question", "answer", "correct", "messages", "context", *_OPTIONAL_STR)
-            }
-            record = GradedRecord(**known, meta=dict(obj.get("meta") or {}))
             if "id" in obj and record.id in seen:
                 first = seen[record.id]
                 errors.append(f"{path}:{lineno}: duplicate id {record.id!r} (first on line {first})")
@@ -256,3 +260,29 @@ def read_graded_jsonl(path: Path, *, split: Split | None = None) -> list[GradedR
     if split == "train":
         ensure_trainable(chosen)
     return chosen
+
+
+def read_records(
+    paths: Iterable[str | Path],
+    *,
+    split: Split | None = None,
+    training: bool = False,
+    exclude_sources: Iterable[str] = (),
+) -> list[GradedRecord]:
+    """The one reader of graded data: every record of the files, in order, validated.
+
+    Records without a split get the hash split. With `split`, only that split; with
+    `training`, evaluation-only (MMLU) records are refused whatever the split (asking
+    for the train split implies it). Records of `exclude_sources` are left out.
+
+    Raises:
+        DataFormatError: invalid lines (named by file and line).
+        EvaluationOnlyError: training data that holds evaluation-only records.
+    """
+    skip = set(exclude_sources)
+    records = [
+        r for path in paths for r in read_graded_jsonl(Path(path), split=split) if r.source not in skip
+    ]
+    if training:
+        ensure_trainable(records)
+    return records

@@ -21,8 +21,12 @@ from service.lora.manifest import MANIFEST_FILE, NAME_PATTERN, AdapterManifest
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 # vLLM's LoRA layers cover the attention/MLP projections; adapters that also replace the
-# embeddings or the output head change what the label tokens mean, and vLLM 0.32 rejects them.
-FORBIDDEN_TENSOR_PARTS = ("embed_tokens", "lm_head", "embedding", "wte", "wpe")
+# embeddings or the output head (directly, as saved full modules or as trained tokens) change
+# what the label tokens mean, and vLLM 0.32 rejects them. The training job's export runs
+# this same check before it publishes a version.
+FORBIDDEN_TENSOR_PARTS = (
+    "embed_tokens", "lm_head", "embedding", "wte", "wpe", "modules_to_save", "trainable_tokens",
+)  # fmt: skip
 _NAME = re.compile(NAME_PATTERN)
 
 
@@ -169,6 +173,11 @@ def tensor_names(path: Path) -> list[str]:
         ) from exc
 
 
+def forbidden_tensors(names: list[str]) -> list[str]:
+    """The tensor names a servable query adapter must not carry (see FORBIDDEN_TENSOR_PARTS)."""
+    return [n for n in names if any(part in n for part in FORBIDDEN_TENSOR_PARTS)]
+
+
 def check_files(path: Path, manifest: AdapterManifest, base: BaseModelInfo) -> None:
     """PEFT config and tensors: rank within the engine's limit, LoRA tensors only."""
     tag = f"{manifest.name}@{manifest.version}"
@@ -184,7 +193,7 @@ def check_files(path: Path, manifest: AdapterManifest, base: BaseModelInfo) -> N
         raise AdapterLoadError(
             f"adapter {tag}: {WEIGHTS_FILE} holds no LoRA A/B tensors", reason="no LoRA tensors"
         )
-    extra = [n for n in names if any(part in n for part in FORBIDDEN_TENSOR_PARTS)]
+    extra = forbidden_tensors(names)
     if extra:
         raise AdapterLoadError(
             f"adapter {tag} carries embedding/output-head tensors ({extra[0]}, …); export LoRA weights only",

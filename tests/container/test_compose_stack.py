@@ -47,7 +47,10 @@ ADAPTER = "smollm2-135m-uncertainty"
 NEW_VERSION = "v1000-compose-test"
 ADAPTER_ROOT = "/var/lib/confidence/adapters"
 # The training job at its smallest: a few steps on a few records, enough to export a version.
-TINY_TRAINING = ("--max_steps", "2", "--batch_size", "2", "--warmup_steps", "0", "--checkpoint_every", "100")
+TINY_TRAINING = (
+    *("--max_steps", "2", "--per_device_train_batch_size", "2", "--warmup_steps", "0"),
+    *("--eval_strategy", "no"),
+)
 TRAIN_SOURCE = REPO / "adapters/graded/smollm2-135m/train_mix.jsonl"
 UP_TIMEOUT_S = 1800
 GATEWAY_TIMEOUT_S = 330.0
@@ -204,6 +207,7 @@ def stack(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         GATEWAY_PORT=f"127.0.0.1:{gateway_port}",
         PROMETHEUS_PORT=str(prometheus_port),
         POSTGRES_PASSWORD=secrets.token_hex(16),
+        FEEDBACK_DB_PASSWORD=secrets.token_hex(16),
         GRAFANA_ADMIN_PASSWORD=secrets.token_hex(16),
         CONFIDENCE_ADMIN_TOKEN=secrets.token_hex(16),
         TRAIN_DATA_DIR=str(train_data),
@@ -419,6 +423,16 @@ def train_command(stack: Stack) -> list[str]:
     return [*command, *TINY_TRAINING]
 
 
+def post_honouring_retry_after(client: httpx.Client, path: str, body: dict[str, Any]) -> httpx.Response:
+    """POST as a well-behaved client does: after a 429 wait the Retry-After the gateway names."""
+    for _ in range(5):
+        response = client.post(path, json=body)
+        if response.status_code != 429:
+            return response
+        time.sleep(float(response.headers["Retry-After"]))
+    return response
+
+
 def test_train_profile_publishes_a_version_the_admin_api_rolls_out(stack: Stack) -> None:
     started = time.monotonic()
     run = stack.compose(
@@ -436,15 +450,17 @@ def test_train_profile_publishes_a_version_the_admin_api_rolls_out(stack: Stack)
     responses, served_by = serve_round(stack, "trained")
     assert {r["adapter"]["version"] for r in responses} == {NEW_VERSION}
     assert set(served_by.values()) == set(replicas.values()), served_by
-    # Labels for the new version, one request each (so both replicas store some).
+    # Labels for the new version, one request per response (so both replicas store some).
+    labels: dict[str, list[dict[str, Any]]] = {}
+    for rid, index, ok in stack.served:
+        if (rid, index) not in stack.acknowledged:
+            labels.setdefault(rid, []).append({"id": rid, "index": index, "correct": ok})
     with stack.client() as client:
-        for rid, index, ok in stack.served:
-            if (rid, index) in stack.acknowledged:
-                continue
-            response = client.post("/feedback", json={"id": rid, "index": index, "correct": ok})
+        for items in labels.values():
+            response = post_honouring_retry_after(client, "/feedback", {"items": items})
             assert response.status_code == 200, response.text
-            if response.json()["recorded"] == 1:
-                stack.acknowledged[(rid, index)] = ok
+            assert response.json() == {"recorded": len(items), "duplicates": 0}
+            stack.acknowledged.update({(item["id"], item["index"]): item["correct"] for item in items})
     assert labelled_rows(stack) == stack.acknowledged
 
 

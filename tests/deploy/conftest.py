@@ -50,3 +50,12 @@ def checkov(path: Path, framework: str) -> subprocess.CompletedProcess[str]:
             "--quiet",
         ]
     )
+
+
+def kustomize(directory: str, out_dir: Path) -> Path:
+    """`kubectl kustomize` of a directory under the repository, written to out_dir."""
+    result = run([tool("kubectl"), "kustomize", str(REPO / directory)])
+    assert result.returncode == 0, result.stderr
+    out = out_dir / "rendered.yaml"
+    out.write_text(result.stdout)
+    return out

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.conftest import REPO, checkov, run, tool
+from tests.deploy.conftest import REPO, checkov, kustomize
 
 # The oldest Kubernetes still supported upstream when this was written, and the newest
 # schemas kubernetes-validate ships.
@@ -18,11 +18,7 @@ K8S_VERSIONS = ("1.31", "latest")
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    result = run([tool("kubectl"), "kustomize", str(REPO / "deploy/k8s")])
-    assert result.returncode == 0, result.stderr
-    out = tmp_path_factory.mktemp("k8s") / "rendered.yaml"
-    out.write_text(result.stdout)
-    return out
+    return kustomize("deploy/k8s", tmp_path_factory.mktemp("k8s"))
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from adapters.export import export_adapter
 from adapters.train import CONFIG_FILE, build_peft_model, label_logit_gaps, load_base, train
 from adapters.train_config import QueryTrainingArguments, TrainConfig
 from service.calibration.query import QUERY_TEMPLATE_VERSION, label_tokens, query_ids
-from service.lora.files import FORBIDDEN_TENSOR_PARTS
+from service.lora.files import forbidden_tensors
 from service.lora.manifest import AdapterManifest, weights_fingerprint
 from tests.tiny_model import build_tiny_model, tokenizer_source
 
@@ -94,10 +94,6 @@ def args(tmp_path_factory: pytest.TempPathFactory) -> QueryTrainingArguments:
         save_steps=3,
         disable_tqdm=True,
     )
-
-
-def forbidden_tensors(names: list[str]) -> list[str]:
-    return [n for n in names if any(part in n for part in FORBIDDEN_TENSOR_PARTS)]
 
 
 @pytest.fixture(scope="module")
@@ -283,3 +279,34 @@ async def test_vllm_serves_the_exported_adapter_like_peft(
     assert np.abs(np.array(got_tuned) - np.array(got_base)).min() > 1e-2, "the adapter changed nothing"
     np.testing.assert_allclose(got_base, want_base, atol=1e-2)
     np.testing.assert_allclose(got_tuned, want_tuned, atol=1e-2)
+
+
+def test_early_stopping_keeps_the_best_calibration_checkpoint(
+    tiny_model_dir: Path, records: list[dict], tmp_path: Path
+) -> None:
+    """A learning rate far too high makes the calibration loss worse after the first
+    evaluation: training stops after `patience` worse evaluations, well before max_steps,
+    and the saved adapter is the best evaluated checkpoint."""
+    rows = [{**r, "split": "calibration" if i % 4 == 0 else "train"} for i, r in enumerate(records)]
+    data = tmp_path / "graded.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = TrainConfig(
+        model=str(tiny_model_dir), train_files=[str(data)], dtype="float32", early_stopping_patience=2
+    )
+    args = QueryTrainingArguments(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=40, warmup_steps=0,
+        learning_rate=0.5, lr_scheduler_type="constant", eval_steps=1, save_steps=1, disable_tqdm=True,
+    )  # fmt: skip
+    adapter = train(config, args)
+    summary = json.loads((adapter / "training_summary.json").read_text())
+    losses = [e["eval_loss"] for e in summary["evaluations"]]
+    assert summary["steps"] < 40 and len(losses) == summary["steps"]
+    best = min(range(len(losses)), key=losses.__getitem__)
+    assert losses[best + 1 :] and all(loss >= losses[best] for loss in losses[best + 1 :])
+    assert summary["best_checkpoint"].endswith(f"checkpoint-{best + 1}")
+    from safetensors.torch import load_file
+
+    kept = load_file(str(adapter / "adapter_model.safetensors"))
+    best_weights = load_file(str(Path(summary["best_checkpoint"]) / "adapter_model.safetensors"))
+    assert kept.keys() == best_weights.keys()
+    assert all(bool((kept[k] == best_weights[k]).all()) for k in kept)

@@ -124,12 +124,13 @@ async def test_self_consistency_for_multiple_choice_follows_choice_likelihoods()
     assert 0.15 < values[1] < 0.35
 
 
-async def test_evaluation_writes_report_and_histograms_each_held_out_item_once(tmp_path):
+async def test_evaluation_writes_the_report_and_leaves_the_version_directory_alone(tmp_path):
     from adapters.evaluate import evaluate_async
     from service.lora.manifest import AdapterManifest
     from tests.unit.conftest import write_adapter
 
     adapter = write_adapter(tmp_path / "root", "unc", "v1", metrics={"temperature_fit": {"temperature": 1.5}})
+    manifest_before = (adapter / "manifest.json").read_bytes()
     graded = tmp_path / "mix.jsonl"
     rows = [record(i, source="triviaqa" if i % 2 else "gsm8k", kind="open", split="test") for i in range(8)]
     graded.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -139,11 +140,11 @@ async def test_evaluation_writes_report_and_histograms_each_held_out_item_once(t
     report = await evaluate_async(config, FakeEngine())
     # open_ended_test plus its two per-source views: 16 rows in the report, 8 distinct items.
     assert sum(m["lora_prompt"]["n"] for m in report["eval_sets"].values()) == 16
-    manifest = AdapterManifest.read(adapter)
-    assert manifest.reference_histogram is not None and sum(manifest.reference_histogram.counts) == 8
-    # The headline metrics join the training job's temperature fit instead of replacing it.
-    assert manifest.metrics["temperature_fit"] == {"temperature": 1.5}
-    assert "open_ended_test" in manifest.metrics
+    # The version directory is written once, at export: evaluation leaves it as it was.
+    assert (adapter / "manifest.json").read_bytes() == manifest_before
+    assert AdapterManifest.read(adapter).metrics == {"temperature_fit": {"temperature": 1.5}}
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["open_ended_test"]["lora_prompt"]["n"] == 8
     assert (tmp_path / "report" / "report.md").exists()
     # Per-item predictions: each held-out item once, with every method's confidence,
     # and they reproduce the report's accuracy.
