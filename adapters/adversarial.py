@@ -12,7 +12,6 @@ service does: `adapters.scoring.query_gaps` (the same query ids) and the adapter
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,7 +34,7 @@ GRADER_SUFFIXES: dict[str, str] = {
 def with_suffix(records: Sequence[GradedRecord], suffix: str) -> list[GradedRecord]:
     """The same records, each answer ending in `suffix` (labels unchanged: text appended to a
     wrong answer does not make it right)."""
-    return [dataclasses.replace(r, answer=r.answer + suffix) for r in records]
+    return [r.model_copy(update={"answer": r.answer + suffix}) for r in records]
 
 
 def shift_summary(clean: np.ndarray, attacked: np.ndarray, correct: np.ndarray) -> dict[str, Any]:
