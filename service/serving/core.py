@@ -531,12 +531,15 @@ class ConfidenceService:
         Raises like `answer_stream`, at the call."""
         return _generate_events(self.answer_stream(prompt, options, reader), len(prompt.ids), reader)
 
-    async def score(self, request: ScoreRequest) -> ScoreResponse:
+    def check_items(self, request: ScoreRequest) -> None:
         if len(request.items) > self.limits.max_score_items:
             raise InvalidRequestError(
                 f"{len(request.items)} items exceed this server's limit of {self.limits.max_score_items}",
                 param="items",
             )
+
+    async def score(self, request: ScoreRequest) -> ScoreResponse:
+        self.check_items(request)
         with self.reader(request.method, request.adapter, shadow=True) as reader:
             return await self._score(request, reader)
 
