@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from service.calibration.query import QUERY_TEMPLATE_VERSION, LabelTokens, label_tokens
+from service.calibration.query import QUERY_TEMPLATE_VERSION, LabelTokens, label_tokens, template_compatible
 from service.lora.manifest import (
     NAME_PATTERN,
     AdapterManifest,
@@ -68,7 +68,7 @@ def check_training_summary(adapter_dir: Path, *, fingerprint: str) -> dict[str, 
         return None
     summary: dict[str, Any] = json.loads(path.read_text())
     template = summary.get("template_version")
-    if template != QUERY_TEMPLATE_VERSION:
+    if not template_compatible(str(template)):
         raise ValueError(
             f"{path}: trained on query template {template!r}, this code renders {QUERY_TEMPLATE_VERSION!r}"
         )

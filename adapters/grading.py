@@ -6,6 +6,14 @@ start of the answer. Only the start counts (first line, first few words) because
 small model that rambles through several candidates should not be credited for
 mentioning the right one somewhere. Numeric answers compare as numbers, so "1,151",
 "1151.0" and "$1151" all match 1151. Multiple choice compares choice indices.
+
+Echoes never pass. A model that restates the question ("The Georgia Peach is a company
+that...", "Calculate 3 - 0 = 3") shows no knowledge, yet TriviaQA's aliases often contain
+a term of the question and arithmetic identities have their result in the question. So
+an alias that occurs in the normalized question does not make an answer correct, and a
+numeric answer whose value occurs among the question's numbers is not credited. The
+cost is that such questions can only be answered wrong; the grade errs toward "wrong",
+never toward crediting a copy.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import re
 import string
 from collections.abc import Iterable
 
-from adapters.data import QAItem
+from adapters.data import GradedRecord, QAItem
 
 # How much of an open-ended answer is read (see the module docstring).
 ANSWER_WORDS = 16
@@ -43,12 +51,21 @@ def answer_window(answer: str, *, max_words: int = ANSWER_WORDS) -> str:
     return ""
 
 
-def grade_open(answer: str, aliases: Iterable[str], *, max_words: int = ANSWER_WORDS) -> bool:
-    """True iff some normalized alias occurs as whole words in the normalized answer window."""
-    window = f" {normalize_answer(answer_window(answer, max_words=max_words))} "
+def _contains_words(haystack: str, needle: str) -> bool:
+    """Whether normalized `needle` occurs in normalized `haystack` on word boundaries."""
+    return bool(needle) and f" {needle} " in f" {haystack} "
+
+
+def grade_open(
+    answer: str, aliases: Iterable[str], *, question: str = "", max_words: int = ANSWER_WORDS
+) -> bool:
+    """True iff some normalized alias that is not part of the question occurs as whole
+    words in the normalized answer window (see the module docstring on echoes)."""
+    window = normalize_answer(answer_window(answer, max_words=max_words))
+    asked = normalize_answer(question)
     for alias in aliases:
         norm = normalize_answer(alias)
-        if norm and f" {norm} " in window:
+        if _contains_words(window, norm) and not _contains_words(asked, norm):
             return True
     return False
 
@@ -85,8 +102,15 @@ def numbers_equal(a: float, b: float, *, rel_tol: float = 1e-6) -> bool:
     return math.isclose(a, b, rel_tol=rel_tol, abs_tol=rel_tol)
 
 
-def grade_numeric(answer: str, gold: str | float) -> bool:
-    """True iff the answer's number equals the gold number.
+def question_numbers(question: str) -> list[float]:
+    """Every number written in the question."""
+    values = (parse_number(n) for n in _NUMBER.findall(question))
+    return [v for v in values if v is not None]
+
+
+def grade_numeric(answer: str, gold: str | float, *, question: str = "") -> bool:
+    """True iff the answer's number equals the gold number and is not one of the
+    question's own numbers (a copy, see the module docstring).
 
     Raises:
         ValueError: the gold itself is not a number (a data bug, not a wrong answer).
@@ -95,7 +119,9 @@ def grade_numeric(answer: str, gold: str | float) -> bool:
     if target is None:
         raise ValueError(f"gold answer {gold!r} is not a number")
     value = extract_number(answer)
-    return value is not None and numbers_equal(value, target)
+    if value is None or not numbers_equal(value, target):
+        return False
+    return not any(numbers_equal(value, n) for n in question_numbers(question))
 
 
 def grade_mc(chosen: int, gold: int) -> bool:
@@ -113,5 +139,23 @@ def grade(item: QAItem, answer: str, *, chosen: int | None = None) -> bool:
             raise ValueError(f"{item.id}: multiple-choice grading needs the chosen index")
         return grade_mc(chosen, item.gold)
     if item.kind == "numeric":
-        return grade_numeric(answer, item.aliases[0])
-    return grade_open(answer, item.aliases)
+        return grade_numeric(answer, item.aliases[0], question=item.question)
+    return grade_open(answer, item.aliases, question=item.question)
+
+
+def regrade(record: GradedRecord) -> bool:
+    """Grade a labelled open-ended or numeric record again from its stored gold
+    (``meta["gold"]``), echo-safe; other records keep their label.
+
+    Raises:
+        ValueError: an open-ended or numeric record without a stored gold.
+    """
+    if record.kind not in ("open", "numeric"):
+        return record.correct
+    gold = record.meta.get("gold")
+    if gold is None:
+        raise ValueError(f"{record.id}: no stored gold to regrade against")
+    if record.kind == "numeric":
+        return grade_numeric(record.answer, str(gold), question=record.question)
+    aliases = [gold] if isinstance(gold, str) else list(gold)
+    return grade_open(record.answer, aliases, question=record.question)

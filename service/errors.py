@@ -95,10 +95,16 @@ class ModelFetchError(ServiceError):
 
 
 class AdapterLoadError(ServiceError):
-    """An adapter directory exists but is not servable (bad manifest, wrong base model)."""
+    """An adapter directory exists but is not servable (bad manifest, wrong base model).
+    `reason` is a short public summary without paths or file contents (the message may
+    have both; only the admin API shows it)."""
 
     status_code = 409
     error_type = "adapter_invalid"
+
+    def __init__(self, message: str, *, reason: str = "invalid adapter", param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.reason = reason
 
 
 class AdapterConflictError(ServiceError):
@@ -144,6 +150,13 @@ class ResponseNotFoundError(ServiceError):
 
     status_code = 404
     error_type = "response_not_found"
+
+
+class FeedbackForbiddenError(ServiceError):
+    """Feedback for a response served to another client (only it or a labeller may label)."""
+
+    status_code = 403
+    error_type = "feedback_forbidden"
 
 
 class FeedbackConflictError(ServiceError):

@@ -29,6 +29,13 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Serve /metrics only on this second port (and not on `port`), so a network policy "
+        "can let monitoring reach the metrics alone; unset = /metrics on `port`.",
+    )
 
     adapter_root: Path = Field(default=DEFAULT_ADAPTER_ROOT, description="Directory of exported adapters.")
     default_adapter: str | None = Field(
@@ -90,6 +97,24 @@ class Settings(BaseSettings):
     watchdog_interval_s: float = Field(
         default=2.0, gt=0, description="How often the engine's health is checked once serving."
     )
+    watchdog_canary_interval_s: float = Field(
+        default=30.0, gt=0, description="How often the watchdog makes one tiny real engine read."
+    )
+    watchdog_canary_timeout_s: float = Field(
+        default=60.0, gt=0, description="A canary read slower than this counts as no progress."
+    )
+    watchdog_canary_failures: int = Field(
+        default=2,
+        ge=1,
+        description="Slow canary reads in a row after which the engine counts as wedged "
+        "and the process exits (the orchestrator restarts it).",
+    )
+    startup_timeout_s: float = Field(
+        default=1800.0,
+        ge=0,
+        description="Longest start-up (model fetch, load, warm-up) before /health turns 503 and the "
+        "process exits; 0 = no limit.",
+    )
     log_level: str = "info"
     drain_timeout_s: int = Field(
         default=30,
@@ -124,6 +149,20 @@ class Settings(BaseSettings):
         gt=0,
         description="Bound on each wait for the outcome store (connect, lock, statement); /feedback "
         "and /calibration answer 503 past it.",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or CIDR networks of the gateway: only from these is the X-Confidence-Client "
+        "header believed (JSON list in the environment).",
+    )
+    feedback_labellers: list[str] = Field(
+        default_factory=list,
+        description="Client ids that may label any response; others only label what was served to them.",
+    )
+    calibration_trusted_only: bool = Field(
+        default=False,
+        description="Count only labels from feedback_labellers in /calibration, the calibration metrics "
+        "(and their alerts) and feedback exports.",
     )
     drift_window: int = Field(
         default=500, ge=10, description="Recent confidences per adapter compared with its reference (PSI)."

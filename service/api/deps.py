@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from service.decisions.selective import SelectiveAnswering
 from service.decisions.shadow import ShadowPolicy
 from service.errors import AdminDisabledError, EngineDeadError, EngineNotReadyError, UnauthorizedError
+from service.feedback.clients import client_from, current_client
 from service.lora.ops import AdapterOps
 from service.monitoring.monitor import CalibrationMonitor
 from service.monitoring.prometheus import LABELS_SCOPE_KEY, RequestLabels
@@ -71,6 +72,13 @@ def get_request_labels(request: Request) -> RequestLabels:
     object when the metrics middleware is not installed)."""
     labels: RequestLabels = request.scope.get(LABELS_SCOPE_KEY) or RequestLabels()
     return labels
+
+
+async def identify_client(request: Request) -> None:
+    """Note who is calling (for every route; see service.feedback.clients)."""
+    settings: Settings = request.app.state.settings
+    host = request.client.host if request.client is not None else None
+    current_client.set(client_from(host, request.headers, settings.trusted_proxies))
 
 
 def get_selective(request: Request) -> SelectiveAnswering:

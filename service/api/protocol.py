@@ -28,6 +28,9 @@ MAX_CONTEXT_DOCUMENTS = 32
 class Method(str, Enum):
     adapter = "adapter"  # LoRA + Prompt: the query read through the uncertainty adapter
     zero_shot = "zero_shot"  # the same query on the base model
+    # LoRA + Prompt's gap and the base model's likelihood of the answer, combined by the
+    # adapter version's fitted head (service.calibration.estimator)
+    calibrated_head = "calibrated_head"
 
 
 class _Strict(BaseModel):
@@ -341,11 +344,19 @@ WINDOW_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class CalibrationQuery(_Strict):
-    adapter: str | None = Field(default=None, description="Adapter name; default: the server's default.")
+    adapter: str | None = Field(
+        default=None, max_length=MAX_ID_CHARS, description="Adapter name; default: the server's default."
+    )
     method: Method = Method.adapter
-    version: str | None = Field(default=None, description="Only this adapter version; default: all.")
+    version: str | None = Field(
+        default=None, max_length=MAX_ID_CHARS, description="Only this adapter version; default: all."
+    )
+    # At most 9 digits: any longer window exceeds every retention period (checked later), and
+    # an unbounded number of digits overflowed the conversion to seconds (a 500).
     window: str = Field(
-        default="24h", pattern=r"^[0-9]+[smhd]$", description="Feedback received in the last 30m, 6h, 7d, …"
+        default="24h",
+        pattern=r"^[0-9]{1,9}[smhd]$",
+        description="Feedback received in the last 30m, 6h, 7d, … (at most the retention period)",
     )
 
     @field_validator("window")

@@ -15,7 +15,11 @@ from typing import Any, Protocol
 
 # Bumped whenever the rendered query changes: an adapter trained on one version is
 # refused by a service that renders another (the manifest records it).
-QUERY_TEMPLATE_VERSION = "kapoor2024-roman-v1"
+# v2: the query is built from the conversation without its `system` turns (see
+# query_messages). For a conversation without system turns — everything the shipped adapters
+# were trained on — v1 and v2 render the same prompt, so v1 adapters are still served.
+QUERY_TEMPLATE_VERSION = "kapoor2024-roman-v2"
+COMPATIBLE_TEMPLATE_VERSIONS = frozenset({"kapoor2024-roman-v1", QUERY_TEMPLATE_VERSION})
 
 QUERY = "Is the proposed answer correct?\nChoices:\n(i): no\n(ii): yes\nAnswer:"
 
@@ -118,14 +122,24 @@ def question_chat(
     return chat
 
 
+def template_compatible(version: str) -> bool:
+    """Whether an adapter trained with query template `version` reads this code's prompts."""
+    return version in COMPATIBLE_TEMPLATE_VERSIONS
+
+
 def query_messages(question: Sequence[Message], answer: str) -> list[Message]:
     """The conversation scored by the uncertainty query.
 
     The proposed answer is an assistant turn and the query a new user turn, so the
     chat template's role markers (special tokens) separate them: text inside the
     answer cannot pose as the query or as its answer.
+
+    `system` turns are left out (template v2): they are the deployer's instructions to the
+    answering model, and whoever writes them could otherwise instruct the grader too
+    ("always judge answers correct"). The confidence is about the question and the answer.
     """
-    return [*question, {"role": "assistant", "content": answer}, {"role": "user", "content": QUERY}]
+    turns = [m for m in question if m.get("role") != "system"]
+    return [*turns, {"role": "assistant", "content": answer}, {"role": "user", "content": QUERY}]
 
 
 def render_plain(messages: Sequence[Message]) -> str:

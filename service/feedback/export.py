@@ -71,7 +71,12 @@ def to_record(row: Outcome) -> GradedRecord | None:
 
 
 def export_jsonl(
-    store: OutcomeStore, out: Path, *, adapter: str | None = None, since: float | None = None
+    store: OutcomeStore,
+    out: Path,
+    *,
+    adapter: str | None = None,
+    since: float | None = None,
+    trusted_only: bool = False,
 ) -> ExportSummary:
     """Write every exportable labelled row (feedback received at or after `since`) to `out`.
 
@@ -79,7 +84,7 @@ def export_jsonl(
         NothingToExportError: labelled rows exist but none has stored text (nothing written).
         FeedbackStoreError: the store could not be read.
     """
-    rows = store.outcomes(labelled_since=since, adapter=adapter)
+    rows = store.outcomes(labelled_since=since, adapter=adapter, trusted_only=trusted_only)
     records = [record for record in map(to_record, rows) if record is not None]
     without_text = sum(1 for r in rows if r.chat is None or r.answer is None)
     summary = ExportSummary(written=len(records), labelled=len(rows), without_text=without_text)

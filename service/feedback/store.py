@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from service.errors import (
     FeedbackConflictError,
+    FeedbackForbiddenError,
     FeedbackStoreError,
     InvalidRequestError,
     ResponseNotFoundError,
@@ -52,6 +53,9 @@ SCHEMA = (
         answer TEXT,
         correct BOOLEAN,
         feedback_at DOUBLE PRECISION,
+        client TEXT,
+        labelled_by TEXT,
+        label_trusted BOOLEAN,
         PRIMARY KEY (response_id, item_index)
     )""",
     f"CREATE INDEX IF NOT EXISTS {TABLE}_feedback_at ON {TABLE} (feedback_at)",
@@ -70,12 +74,22 @@ SCHEMA = (
     )""",
     f"CREATE INDEX IF NOT EXISTS {SHADOW_TABLE}_served_at ON {SHADOW_TABLE} (served_at)",
 )
-# What a served response writes; feedback later fills in the last two.
+# Columns added after the first release: a store created before them gets them on start-up.
+ADDED_COLUMNS = {"client": "TEXT", "labelled_by": "TEXT", "label_trusted": "BOOLEAN"}
+# What a served response writes; feedback later fills in the rest.
 SERVED_COLUMNS = (
-    "response_id, item_index, endpoint, method, adapter, adapter_version, confidence, served_at, chat, answer"
+    "response_id, item_index, endpoint, method, adapter, adapter_version, confidence, served_at, "
+    "chat, answer, client"
 )
-COLUMNS = f"{SERVED_COLUMNS}, correct, feedback_at"
-LABEL_UPDATE = f"UPDATE {TABLE} SET correct = ?, feedback_at = ? WHERE response_id = ? AND item_index = ?"
+COLUMNS = f"{SERVED_COLUMNS}, correct, feedback_at, labelled_by, label_trusted"
+# One conditional statement: the first label wins. Two replicas labelling the same row at
+# once both run it; the database lets one update the row and the other (re-checking the
+# condition after the first commits) update nothing, which then reads as a duplicate or a 409.
+LABEL_UPDATE = (
+    f"UPDATE {TABLE} SET correct = ?, feedback_at = ?, labelled_by = ?, label_trusted = ? "
+    "WHERE response_id = ? AND item_index = ? AND correct IS NULL"
+)
+LABEL_READ = f"SELECT correct FROM {TABLE} WHERE response_id = ? AND item_index = ?"
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,7 @@ class ServedResponse:
     adapter_version: str | None
     served_at: float  # unix seconds
     items: tuple[ServedItem, ...]
+    client: str | None = None  # who asked (from the gateway); None = not behind a trusted gateway
 
 
 @dataclass(frozen=True)
@@ -106,6 +121,15 @@ class Label:
     index: int | None
     correct: bool
     param: str = ""
+
+
+@dataclass(frozen=True)
+class Labeller:
+    """Who sends feedback: `client` as the gateway named it (None = unknown); a `trusted`
+    labeller (configured) may label any response, others only those served to them."""
+
+    client: str | None = None
+    trusted: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,11 +148,15 @@ class Outcome:
     answer: str | None
     correct: bool | None
     feedback_at: float | None
+    client: str | None = None
+    labelled_by: str | None = None
+    label_trusted: bool = False
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> Outcome:
         """A row selected as COLUMNS (SQLite returns booleans as 0/1, hence the bool())."""
-        rid, index, endpoint, method, adapter, version, confidence, served_at, chat, answer, correct, at = row
+        rid, index, endpoint, method, adapter, version, confidence, served_at, chat, answer = row[:10]
+        client, correct, at, labelled_by, trusted = row[10:]
         return cls(
             response_id=rid,
             index=int(index),
@@ -142,6 +170,9 @@ class Outcome:
             answer=answer,
             correct=None if correct is None else bool(correct),
             feedback_at=None if at is None else float(at),
+            client=client,
+            labelled_by=labelled_by,
+            label_trusted=bool(trusted),
         )
 
 
@@ -355,6 +386,11 @@ class OutcomeStore:
         cursor = conn.cursor()
         for statement in SCHEMA:
             cursor.execute(statement)
+        cursor.execute(f"SELECT * FROM {TABLE} WHERE 1 = 0")
+        present = {column[0] for column in cursor.description}
+        for column, kind in ADDED_COLUMNS.items():
+            if column not in present:
+                cursor.execute(f"ALTER TABLE {TABLE} ADD COLUMN {column} {kind}")
         conn.commit()
 
     def close(self) -> None:
@@ -378,6 +414,7 @@ class OutcomeStore:
                 response.served_at,
                 json.dumps(item.chat, ensure_ascii=False) if item.chat is not None else None,
                 item.answer,
+                response.client,
             )
             for response in responses
             for item in response.items
@@ -389,31 +426,47 @@ class OutcomeStore:
         with self._transaction(durable=False) as cursor:
             cursor.executemany(insert, rows)
 
-    def add_feedback(self, labels: Sequence[Label], *, now: float) -> FeedbackResult:
-        """Label stored items, all or none.
+    def add_feedback(
+        self, labels: Sequence[Label], *, now: float, by: Labeller | None = None
+    ) -> FeedbackResult:
+        """Label stored items, all or none. Only the client a response was served to, or a
+        trusted labeller, may label it. The first label of an item wins, also across
+        replicas: each is one conditional UPDATE.
 
         Repeating a stored label is a no-op (counted in `duplicates`).
 
         Raises:
             ResponseNotFoundError: an id (or its index) was never recorded, or has expired.
+            FeedbackForbiddenError: the response was served to another client.
             InvalidRequestError: no index given for a response with several items.
             FeedbackConflictError: the item is already labelled the other way.
             FeedbackStoreError: the database failed; nothing was stored.
         """
+        by = by or Labeller()
         recorded: list[Outcome] = []
         duplicates = 0
         with self._transaction() as cursor:
             for label in labels:
-                # A second label for the same item in one batch sees the first one's update.
                 row = self._target(cursor, label)
-                if row.correct is None:
-                    cursor.execute(self._sql(LABEL_UPDATE), (label.correct, now, row.response_id, row.index))
-                    recorded.append(_labelled(row, label.correct, now))
-                elif row.correct == label.correct:
+                if not by.trusted and row.client != by.client:
+                    raise FeedbackForbiddenError(
+                        f"response {label.id!r} was served to another client; only it or a configured "
+                        "labeller may label it",
+                        param=f"{label.param}id",
+                    )
+                update = (label.correct, now, by.client, by.trusted, row.response_id, row.index)
+                cursor.execute(self._sql(LABEL_UPDATE), update)
+                if cursor.rowcount == 1:
+                    recorded.append(_labelled(row, label.correct, now, by))
+                    continue
+                # Labelled already (by this batch, or by another replica that just committed).
+                cursor.execute(self._sql(LABEL_READ), (row.response_id, row.index))
+                (stored,) = cursor.fetchone()
+                if bool(stored) == label.correct:
                     duplicates += 1
                 else:
                     raise FeedbackConflictError(
-                        f"response {label.id!r} item {row.index} is already labelled correct={row.correct}",
+                        f"response {label.id!r} item {row.index} is already labelled correct={bool(stored)}",
                         param=f"{label.param}correct",
                     )
         return FeedbackResult(recorded=recorded, duplicates=duplicates)
@@ -449,20 +502,11 @@ class OutcomeStore:
         adapter: str | None = None,
         method: str | None = None,
         version: str | None = None,
+        trusted_only: bool = False,
     ) -> list[Outcome]:
         """Labelled rows, oldest feedback first, optionally filtered. `adapter=None` with
         a method filter selects rows of any adapter."""
-        where = ["correct IS NOT NULL"]
-        params: list[Any] = []
-        for column, value in (
-            ("feedback_at >=", labelled_since),
-            ("adapter =", adapter),
-            ("method =", method),
-            ("adapter_version =", version),
-        ):
-            if value is not None:
-                where.append(f"{column} ?")
-                params.append(value)
+        where, params = _label_filter(labelled_since, adapter, method, version, trusted_only)
         query = (
             f"SELECT {COLUMNS} FROM {TABLE} WHERE {' AND '.join(where)} "
             "ORDER BY feedback_at, response_id, item_index"
@@ -470,6 +514,26 @@ class OutcomeStore:
         with self._transaction(write=False) as cursor:
             cursor.execute(self._sql(query), params)
             return [Outcome.from_row(r) for r in cursor.fetchall()]
+
+    def label_counts(
+        self,
+        *,
+        labelled_since: float | None = None,
+        adapter: str | None = None,
+        method: str | None = None,
+        version: str | None = None,
+        trusted_only: bool = False,
+    ) -> list[tuple[float, bool, int]]:
+        """(confidence, correct, how many) of labelled rows, filtered as `outcomes`: the only
+        two columns a calibration report needs, grouped by the database (no text is read)."""
+        where, params = _label_filter(labelled_since, adapter, method, version, trusted_only)
+        query = (
+            f"SELECT confidence, correct, COUNT(*) FROM {TABLE} WHERE {' AND '.join(where)} "
+            "GROUP BY confidence, correct ORDER BY confidence"
+        )
+        with self._transaction(write=False) as cursor:
+            cursor.execute(self._sql(query), params)
+            return [(float(c), bool(y), int(n)) for c, y, n in cursor.fetchall()]
 
     def purge(self, *, served_before: float) -> int:
         """Delete rows served before the cutoff (the retention period); returns how many."""
@@ -536,8 +600,38 @@ class OutcomeStore:
             ]
 
 
-def _labelled(row: Outcome, correct: bool, now: float) -> Outcome:
-    fields = {**row.__dict__, "correct": correct, "feedback_at": now}
+def _label_filter(
+    labelled_since: float | None,
+    adapter: str | None,
+    method: str | None,
+    version: str | None,
+    trusted_only: bool = False,
+) -> tuple[list[str], list[Any]]:
+    """WHERE clauses (joined by AND) and parameters selecting labelled rows."""
+    where = ["correct IS NOT NULL"]
+    if trusted_only:
+        where.append("label_trusted")
+    params: list[Any] = []
+    for column, value in (
+        ("feedback_at >=", labelled_since),
+        ("adapter =", adapter),
+        ("method =", method),
+        ("adapter_version =", version),
+    ):
+        if value is not None:
+            where.append(f"{column} ?")
+            params.append(value)
+    return where, params
+
+
+def _labelled(row: Outcome, correct: bool, now: float, by: Labeller) -> Outcome:
+    fields = {
+        **row.__dict__,
+        "correct": correct,
+        "feedback_at": now,
+        "labelled_by": by.client,
+        "label_trusted": by.trusted,
+    }
     return Outcome(**fields)
 
 

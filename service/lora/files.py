@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from service.calibration.query import QUERY_TEMPLATE_VERSION, LabelTokens
+from service.calibration.query import QUERY_TEMPLATE_VERSION, LabelTokens, template_compatible
 from service.errors import AdapterLoadError, AdapterNotFoundError, InvalidRequestError
 from service.lora.manifest import MANIFEST_FILE, NAME_PATTERN, AdapterManifest
 
@@ -94,41 +94,59 @@ def adapter_dir(root: Path, name: str, version: str) -> Path:
     Raises:
         InvalidRequestError: name or version is not a safe path component.
         AdapterNotFoundError: no such adapter directory with a manifest.
+        AdapterLoadError: a symbolic link on the way or inside.
     """
     check_name(name, what="adapter name", param="name")
     check_name(version, what="adapter version", param="version")
     path = root / name / version
     if not (path / MANIFEST_FILE).is_file():
         raise AdapterNotFoundError(f"no adapter {name}@{version} under the adapter root (no {MANIFEST_FILE})")
+    check_no_links(root, path)
     return path
+
+
+def check_no_links(root: Path, path: Path) -> None:
+    """Refuse an adapter reached through, or containing, a symbolic link: whoever can write the
+    adapter root must not be able to make the service read files outside it."""
+    parts = [path.parent, path, *(path.iterdir() if path.is_dir() and not path.is_symlink() else ())]
+    linked = [p for p in parts if p.is_symlink()]
+    if linked or not path.resolve().is_relative_to(root.resolve()):
+        raise AdapterLoadError(
+            f"{path.parent.name}/{path.name}: symbolic links are not allowed in the adapter root "
+            f"({', '.join(str(p) for p in linked) or path})",
+            reason="symbolic link in the adapter directory",
+        )
 
 
 def read_manifest(path: Path) -> AdapterManifest:
     try:
         return AdapterManifest.read(path)
     except (OSError, ValidationError, ValueError) as exc:
-        raise AdapterLoadError(f"{path.name}: unreadable manifest: {exc}") from exc
+        raise AdapterLoadError(f"{path.name}: unreadable manifest: {exc}", reason="invalid manifest") from exc
 
 
 def check_manifest(manifest: AdapterManifest, base: BaseModelInfo) -> None:
     """Raise AdapterLoadError if the adapter was trained for another model or template."""
     tag = f"{manifest.name}@{manifest.version}"
-    if manifest.template_version != QUERY_TEMPLATE_VERSION:
+    if not template_compatible(manifest.template_version):
         raise AdapterLoadError(
             f"adapter {tag} was trained with query template {manifest.template_version!r}; "
-            f"this service renders {QUERY_TEMPLATE_VERSION!r}"
+            f"this service renders {QUERY_TEMPLATE_VERSION!r}",
+            reason="trained with another query template",
         )
     if base.weights_sha256 is not None and manifest.base_model.weights_sha256 != base.weights_sha256:
         raise AdapterLoadError(
             f"adapter {tag} was trained for base model {manifest.base_model.name!r} "
             f"(weights {manifest.base_model.weights_sha256[:12]}…), not the served model "
-            f"(weights {base.weights_sha256[:12]}…)"
+            f"(weights {base.weights_sha256[:12]}…)",
+            reason="trained for another base model",
         )
     ids = manifest.label_token_ids
     if (ids.no, ids.yes) != (base.labels.no_id, base.labels.yes_id):
         raise AdapterLoadError(
             f"adapter {tag} reads label tokens {ids.no}/{ids.yes}; "
-            f"the served tokenizer gives {base.labels.no_id}/{base.labels.yes_id}"
+            f"the served tokenizer gives {base.labels.no_id}/{base.labels.yes_id}",
+            reason="label tokens differ from the served tokenizer's",
         )
 
 
@@ -137,7 +155,9 @@ def lora_rank(path: Path) -> int:
         config = json.loads((path / CONFIG_FILE).read_text())
         ranks = [int(config["r"]), *(int(r) for r in (config.get("rank_pattern") or {}).values())]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise AdapterLoadError(f"{path.name}: unreadable {CONFIG_FILE}: {exc}") from exc
+        raise AdapterLoadError(
+            f"{path.name}: unreadable {CONFIG_FILE}: {exc}", reason="invalid PEFT config"
+        ) from exc
     return max(ranks)
 
 
@@ -148,7 +168,9 @@ def tensor_names(path: Path) -> list[str]:
         with safe_open(str(path / WEIGHTS_FILE), framework="numpy") as handle:
             return list(handle.keys())
     except (OSError, SafetensorError) as exc:
-        raise AdapterLoadError(f"{path.name}: unreadable {WEIGHTS_FILE}: {exc}") from exc
+        raise AdapterLoadError(
+            f"{path.name}: unreadable {WEIGHTS_FILE}: {exc}", reason="unreadable weights"
+        ) from exc
 
 
 def forbidden_tensors(names: list[str]) -> list[str]:
@@ -163,15 +185,19 @@ def check_files(path: Path, manifest: AdapterManifest, base: BaseModelInfo) -> N
     if rank > base.max_lora_rank:
         raise AdapterLoadError(
             f"adapter {tag} has LoRA rank {rank}; this engine serves rank <= {base.max_lora_rank} "
-            "(CONFIDENCE_MAX_LORA_RANK)"
+            "(CONFIDENCE_MAX_LORA_RANK)",
+            reason="LoRA rank above this engine's limit",
         )
     names = tensor_names(path)
     if not any("lora_A" in n for n in names) or not any("lora_B" in n for n in names):
-        raise AdapterLoadError(f"adapter {tag}: {WEIGHTS_FILE} holds no LoRA A/B tensors")
+        raise AdapterLoadError(
+            f"adapter {tag}: {WEIGHTS_FILE} holds no LoRA A/B tensors", reason="no LoRA tensors"
+        )
     extra = forbidden_tensors(names)
     if extra:
         raise AdapterLoadError(
-            f"adapter {tag} carries embedding/output-head tensors ({extra[0]}, …); export LoRA weights only"
+            f"adapter {tag} carries embedding/output-head tensors ({extra[0]}, …); export LoRA weights only",
+            reason="carries non-LoRA tensors",
         )
 
 
@@ -181,7 +207,8 @@ def inspect_adapter(path: Path, base: BaseModelInfo) -> AdapterManifest:
     if (manifest.name, manifest.version) != (path.parent.name, path.name):
         raise AdapterLoadError(
             f"{path.parent.name}/{path.name}: manifest says {manifest.name}@{manifest.version}; "
-            "the directory must be <name>/<version>"
+            "the directory must be <name>/<version>",
+            reason="manifest name/version differ from the directory",
         )
     check_manifest(manifest, base)
     check_files(path, manifest, base)

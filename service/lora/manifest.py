@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from service.calibration.estimator import HeadParams
 
 MANIFEST_FILE = "manifest.json"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
@@ -31,8 +35,19 @@ class LabelTokenIds(BaseModel):
 class ReferenceHistogram(BaseModel):
     """Confidences on held-out data: the drift monitor compares live traffic against it."""
 
-    bin_edges: list[float]
+    bin_edges: list[float] = Field(min_length=2)
     counts: list[int]
+
+    @model_validator(mode="after")
+    def _valid(self) -> ReferenceHistogram:
+        edges = self.bin_edges
+        if not all(math.isfinite(e) and 0.0 <= e <= 1.0 for e in edges):
+            raise ValueError("bin_edges must be finite probabilities in [0, 1]")
+        if any(b <= a for a, b in itertools.pairwise(edges)):
+            raise ValueError("bin_edges must increase strictly")
+        if len(self.counts) != len(edges) - 1 or any(c < 0 for c in self.counts) or not sum(self.counts):
+            raise ValueError("counts must be one non-negative count per bin, not all zero")
+        return self
 
 
 class CalibrationOutcomes(BaseModel):
@@ -59,12 +74,18 @@ class AdapterManifest(BaseModel):
     base_model: BaseModelIdentity
     template_version: str
     label_token_ids: LabelTokenIds
-    temperature: float = Field(gt=0)
+    # Temperatures fitted on real data lie far inside this range; 1e999 (inf) or NaN would
+    # load and then fail every request.
+    temperature: float = Field(gt=0.01, le=100.0, allow_inf_nan=False)
     created_at: str | None = None
     training_data: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     reference_histogram: ReferenceHistogram | None = None
     calibration_outcomes: CalibrationOutcomes | None = None
+    # The calibrated head of this version (method "calibrated_head") and the histogram of
+    # its confidences on held-out data; absent in versions exported before it existed.
+    head: HeadParams | None = None
+    head_reference_histogram: ReferenceHistogram | None = None
 
     @classmethod
     def read(cls, adapter_dir: Path) -> AdapterManifest:

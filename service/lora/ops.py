@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 
 from service.calibration import query as cq
 from service.engine.base import Engine
@@ -35,8 +34,12 @@ class AdapterOps:
         logprobs = await self.engine.next_token_logprobs(
             query, [labels.no_id, labels.yes_id], lora=adapter.lora
         )
-        if not all(math.isfinite(lp) for lp in logprobs):
-            raise AdapterLoadError(f"adapter {adapter.spec} gives non-finite label log-probs {logprobs}")
+        try:
+            cq.confidence(*logprobs, temperature=adapter.temperature)
+        except ValueError as exc:
+            raise AdapterLoadError(
+                f"adapter {adapter.spec} cannot give a confidence: {exc}", reason="no usable confidence"
+            ) from exc
 
     async def load(self, name: str, version: str, *, make_default: bool = False) -> LoadedAdapter:
         """Validate, load into the engine, warm up, then serve `name@version`.
@@ -80,9 +83,12 @@ class AdapterOps:
         try:
             await asyncio.wait_for(adapter.drained(), self.drain_timeout_s)
         except asyncio.TimeoutError:
-            # Still referenced: vLLM re-reads it from disk if those requests need it again.
-            log.warning("adapter %s: %d requests still running after %.0f s; freeing it anyway",
-                        adapter.spec, adapter.in_flight, self.drain_timeout_s)  # fmt: skip
+            # Requests still holding it could make vLLM re-read files about to be deleted:
+            # abort their engine work (each answers 503) and wait until they have let go.
+            aborted = adapter.abort_holders()
+            log.warning("adapter %s: %d requests still running after %.0f s; aborting %d of them",
+                        adapter.spec, adapter.in_flight, self.drain_timeout_s, aborted)  # fmt: skip
+            await adapter.drained()
         await self.engine.remove_lora(adapter.lora)
         self.registry.discard(adapter)
         return adapter

@@ -21,11 +21,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from service.engine.base import LoRA
 from service.errors import (
     AdapterConflictError,
     AdapterNotFoundError,
+    AdapterUnavailableError,
     NoAdapterLoadedError,
     ServiceError,
 )
@@ -45,6 +47,13 @@ log = logging.getLogger(__name__)
 __all__ = ["AdapterRegistry", "BaseModelInfo", "LoadedAdapter"]
 
 
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running loop (a synchronous caller)
+        return None
+
+
 @dataclass(eq=False)
 class LoadedAdapter:
     name: str
@@ -56,7 +65,9 @@ class LoadedAdapter:
     requests_served: int = 0
     in_flight: int = 0
     retired: bool = False
+    aborted: bool = False
     _idle: asyncio.Event | None = None
+    _holders: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @property
     def spec(self) -> str:
@@ -68,6 +79,14 @@ class LoadedAdapter:
             return
         self._idle = self._idle or asyncio.Event()
         await self._idle.wait()
+
+    def abort_holders(self) -> int:
+        """Cancel the requests still holding this adapter (their engine work is aborted; each
+        answers 503). Returns how many there were."""
+        self.aborted = True
+        for task in self._holders:
+            task.cancel()
+        return len(self._holders)
 
     def _release(self) -> None:
         self.in_flight -= 1
@@ -91,7 +110,7 @@ class AdapterRegistry:
         self.default = default  # a name; its current version serves requests that name none
         self._loaded: dict[str, dict[str, LoadedAdapter]] = {}
         self._current: dict[str, str] = {}
-        self._rejected: dict[str, str] = {}
+        self._rejected: dict[str, tuple[str, str]] = {}  # name -> (public reason, full message)
         self._ids = itertools.count(1)
         # Earlier defaults (name@version), most recent last: what a rollback returns to.
         self._default_history: list[str] = []
@@ -115,7 +134,7 @@ class AdapterRegistry:
                     self.discard(adapter)
                     raise
             except ServiceError as exc:
-                self._rejected[name_dir.name] = exc.message
+                self._rejected[name_dir.name] = (getattr(exc, "reason", exc.error_type), exc.message)
                 log.error("not serving adapter %s: %s", name_dir.name, exc.message)
 
     # ------------------------------------------------------------ changes
@@ -241,7 +260,13 @@ class AdapterRegistry:
 
     @property
     def rejected(self) -> dict[str, str]:
-        return dict(self._rejected)
+        """Adapters refused at start-up and a short reason each, without paths or contents."""
+        return {name: reason for name, (reason, _) in self._rejected.items()}
+
+    @property
+    def rejected_details(self) -> dict[str, str]:
+        """The full reasons (for the admin API: they may name paths and quote files)."""
+        return {name: message for name, (_, message) in self._rejected.items()}
 
     def resolve(self, spec: str | None) -> LoadedAdapter:
         """The adapter a request asked for (`name`, `name@version`), or the default.
@@ -254,7 +279,7 @@ class AdapterRegistry:
         if spec is None:
             default = self.default_adapter()
             if default is None:
-                why = self._rejected.get(self.default or "", "no trained uncertainty adapter is loaded")
+                why = self.rejected.get(self.default or "", "no trained uncertainty adapter is loaded")
                 raise NoAdapterLoadedError(
                     f"method 'adapter' needs an uncertainty adapter: {why}; "
                     "use method 'zero_shot' or name an adapter",
@@ -264,7 +289,7 @@ class AdapterRegistry:
         name, version = parse_spec(spec)
         versions = self._loaded.get(name)
         if versions is None:
-            rejected = self._rejected.get(name)
+            rejected = self.rejected.get(name)
             detail = f" ({rejected})" if rejected else f"; served adapters: {sorted(self._loaded) or 'none'}"
             raise AdapterNotFoundError(f"adapter {name!r} is not served{detail}", param="adapter")
         version = version or self._current[name]
@@ -280,9 +305,21 @@ class AdapterRegistry:
     def lease(self, spec: str | None) -> Iterator[LoadedAdapter]:
         """Resolve once and hold the adapter for the whole request (unload waits for it)."""
         adapter = self.resolve(spec)
+        task = _current_task()
         adapter.in_flight += 1
         adapter.requests_served += 1
+        if task is not None:
+            adapter._holders.add(task)
         try:
             yield adapter
+        except asyncio.CancelledError:
+            if not adapter.aborted or task is None:
+                raise
+            task.uncancel()  # not the client's or the server's cancel: answer, with a reason
+            raise AdapterUnavailableError(
+                f"adapter {adapter.spec} was unloaded while this request was still using it; retry"
+            ) from None
         finally:
+            if task is not None:
+                adapter._holders.discard(task)
             adapter._release()

@@ -24,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TypeVar
 
+import numpy as np
+
 from service.api.protocol import (
     AdapterInfo,
     CalibrationQuery,
@@ -44,10 +46,12 @@ from service.decisions.compare import shadow_comparisons
 from service.decisions.shadow import ShadowRead
 from service.engine.base import Engine
 from service.errors import EngineDeadError, FeedbackStoreError, InvalidRequestError, ResponseNotFoundError
+from service.feedback.clients import current_client
 from service.feedback.export import stored_chat
 from service.feedback.store import (
     FeedbackResult,
     Label,
+    Labeller,
     Outcome,
     OutcomeStore,
     ServedItem,
@@ -69,6 +73,9 @@ log = logging.getLogger(__name__)
 
 RETENTION_INTERVAL_S = 3600.0
 STORE_THREADS = 4  # concurrent feedback/calibration/purge calls; more wait their turn
+CALIBRATION_CACHE_S = 10.0
+CALIBRATION_CACHE_ENTRIES = 256
+MAX_WINDOW_DAYS_WITHOUT_RETENTION = 3660  # retention 0 keeps rows forever; a window still has an end
 T = TypeVar("T")
 
 
@@ -83,6 +90,8 @@ class CalibrationMonitor:
         store_prompts: bool,
         drift_window: int,
         retention_days: float,
+        labellers: Iterable[str] = (),
+        trusted_only: bool = False,
         queue_size: int = 10_000,
         store_timeout_s: float = 5.0,
         clock: Callable[[], float] = time.time,
@@ -98,8 +107,11 @@ class CalibrationMonitor:
         self.retention_days = retention_days
         self.clock = clock
         self.store_timeout_s = store_timeout_s
-        # (adapter name, version) -> its drift window; None when it has no usable reference
-        self._drift: dict[tuple[str, str], DriftWindow | None] = {}
+        self.labellers = frozenset(labellers)
+        self.trusted_only = trusted_only  # calibration from trusted labellers' labels only
+        # (adapter name, version, method) -> its drift window; None when it has no usable
+        # reference. Each method has its own reference: their confidence distributions differ.
+        self._drift: dict[tuple[str, str, str], DriftWindow | None] = {}
         # Called with each newly stored label (the decision thresholds recompute from them).
         self.label_listeners: list[Callable[[Outcome], None]] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -112,6 +124,10 @@ class CalibrationMonitor:
             on_error=lambda n: self.metrics.store_errors.labels("record").inc(n),
         )
         self._executor = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="outcome-store")
+        # (adapter, method, version, window) -> (expires at, report)
+        self._calibration_cache: dict[
+            tuple[str | None, str, str | None, str], tuple[float, CalibrationResponse]
+        ] = {}
 
     async def _in_store(self, operation: str, call: Callable[[], T], *, timeout_s: float) -> T:
         """Run a blocking store call on the store's threads, bounded by `timeout_s`: past it
@@ -211,14 +227,14 @@ class CalibrationMonitor:
     ) -> None:
         name, version = (adapter.name, adapter.version) if adapter else (NO_ADAPTER, NO_ADAPTER)
         self.metrics.init_calibration_series(name, version, method.value)
-        window = self._window(adapter) if adapter else None
+        window = self._window(adapter, method) if adapter else None
         for item in items:
             self.metrics.confidence.labels(name, version, method.value).observe(item.confidence)
             if window is not None:
                 window.add(item.confidence)
         if window is not None:
-            self.metrics.psi.labels(name, version).set(window.psi() or 0.0)
-            self.metrics.psi_samples.labels(name, version).set(window.samples)
+            self.metrics.psi.labels(name, version, method.value).set(window.psi() or 0.0)
+            self.metrics.psi_samples.labels(name, version, method.value).set(window.samples)
         served = ServedResponse(
             id=response_id,
             endpoint=endpoint,
@@ -227,6 +243,7 @@ class CalibrationMonitor:
             adapter_version=adapter.version if adapter else None,
             served_at=self.clock(),
             items=tuple(items),
+            client=current_client.get(),
         )
         if not self.writer.submit(served):
             log.warning("response %s served but not recorded: the record queue is full", response_id)
@@ -257,12 +274,12 @@ class CalibrationMonitor:
         except FeedbackStoreError as exc:  # counted by _in_store
             log.warning("shadow confidences of %s not recorded: %s", record.response_id, exc)
 
-    def _window(self, adapter: AdapterInfo) -> DriftWindow | None:
-        """The drift window of this adapter version (created on its first confidence)."""
-        key = (adapter.name, adapter.version)
+    def _window(self, adapter: AdapterInfo, method: Method) -> DriftWindow | None:
+        """The drift window of this adapter version and method (created on its first confidence)."""
+        key = (adapter.name, adapter.version, method.value)
         if key in self._drift:
             return self._drift[key]
-        reference = self._reference(adapter)
+        reference = self._reference(adapter, method)
         window = None
         try:
             window = DriftWindow(reference, size=self.drift_window) if reference else None
@@ -275,10 +292,13 @@ class CalibrationMonitor:
         self._drift[key] = window
         return window
 
-    def _reference(self, adapter: AdapterInfo) -> ReferenceHistogram | None:
+    def _reference(self, adapter: AdapterInfo, method: Method) -> ReferenceHistogram | None:
         for served in self.adapters():
             if (served.name, served.version) == (adapter.name, adapter.version):
-                return served.manifest.reference_histogram
+                manifest = served.manifest
+                if method is Method.calibrated_head:
+                    return manifest.head_reference_histogram
+                return manifest.reference_histogram
         return None
 
     # ---------------------------------------------------------------- feedback
@@ -292,12 +312,14 @@ class CalibrationMonitor:
         """
         labels = [Label(item.id, item.index, item.correct, where) for where, item in request.labelled()]
         now = self.clock()
+        client = current_client.get()
+        by = Labeller(client=client, trusted=client is not None and client in self.labellers)
 
         def label() -> FeedbackResult:
             # Responses served before this feedback may still be queued for recording.
             recorded = self.writer.wait_handled(self.store_timeout_s)
             try:
-                return self.store.add_feedback(labels, now=now)
+                return self.store.add_feedback(labels, now=now, by=by)
             except ResponseNotFoundError as exc:
                 if recorded:
                     raise
@@ -307,8 +329,12 @@ class CalibrationMonitor:
 
         # Bounded: waiting for the writer, then one transaction (each bounded by the store).
         result = await self._in_store("feedback", label, timeout_s=3 * self.store_timeout_s)
+        if result.recorded:
+            self._calibration_cache.clear()  # this replica's reports show its own labels at once
         for outcome in result.recorded:
             assert outcome.correct is not None
+            if self.trusted_only and not outcome.label_trusted:
+                continue  # stored, but not counted in the calibration series
             self.metrics.observe_feedback(
                 outcome.adapter or NO_ADAPTER,
                 outcome.adapter_version or NO_ADAPTER,
@@ -323,37 +349,57 @@ class CalibrationMonitor:
     # ---------------------------------------------------------------- calibration report
 
     async def calibration(self, query: CalibrationQuery) -> CalibrationResponse:
-        """Reliability table, ECE, Brier and AUROC of the feedback received in the window."""
+        """Reliability table, ECE, Brier and AUROC of the feedback received in the window
+        (at most the retention period). The same query within CALIBRATION_CACHE_S gets the
+        same report: a dashboard polling it costs one database query, not one per viewer."""
         adapter = self._report_adapter(query)
-        since = self.clock() - query.window_seconds()
-        rows = await self._in_store(
-            "calibration",
-            lambda: self.store.outcomes(
-                labelled_since=since, adapter=adapter, method=query.method.value, version=query.version
-            ),
-            timeout_s=2 * self.store_timeout_s,
-        )
-        pairs: list[ShadowPair] = []
-        if adapter is not None:
-            pairs = await self._in_store(
-                "calibration",
-                lambda: self.store.shadow_pairs(
-                    labelled_since=since, adapter=adapter, method=query.method.value, version=query.version
-                ),
-                timeout_s=2 * self.store_timeout_s,
+        self._check_window(query)
+        key = (adapter, query.method.value, query.version, query.window)
+        now = self.clock()
+        cached = self._calibration_cache.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        since = now - query.window_seconds()
+        method, version = query.method.value, query.version
+
+        def report() -> CalibrationResponse:
+            # Everything on the store's threads: the grouped read, the shadow pairs and the
+            # bootstraps of the decision views.
+            counts = self.store.label_counts(
+                labelled_since=since,
+                adapter=adapter,
+                method=method,
+                version=version,
+                trusted_only=self.trusted_only,
             )
-        report = calibration_report(rows, adapter=adapter, query=query)
-        # The bootstraps of the comparison and the curve's bounds take a moment: off the loop.
-        return await asyncio.to_thread(self._decision_views, report, rows, pairs)
+            pairs = []
+            if adapter is not None:
+                pairs = self.store.shadow_pairs(
+                    labelled_since=since, adapter=adapter, method=method, version=version
+                )
+            base = calibration_report(counts, adapter=adapter, query=query)
+            return self._decision_views(base, counts, pairs)
+
+        result = await self._in_store("calibration", report, timeout_s=2 * self.store_timeout_s)
+        if len(self._calibration_cache) >= CALIBRATION_CACHE_ENTRIES:
+            self._calibration_cache.clear()
+        self._calibration_cache[key] = (now + CALIBRATION_CACHE_S, result)
+        return result
+
+    def _check_window(self, query: CalibrationQuery) -> None:
+        days = self.retention_days or MAX_WINDOW_DAYS_WITHOUT_RETENTION
+        if query.window_seconds() > days * 86400:
+            raise InvalidRequestError(
+                f"window {query.window} is longer than the {days:g} days feedback is kept", param="window"
+            )
 
     def _decision_views(
-        self, report: CalibrationResponse, rows: list[Outcome], pairs: list[ShadowPair]
+        self, report: CalibrationResponse, counts: list[tuple[float, bool, int]], pairs: list[ShadowPair]
     ) -> CalibrationResponse:
         """The risk-coverage curve of the labelled rows and the shadow comparisons."""
         curve = []
-        if rows:
-            p = [r.confidence for r in rows]
-            y = [1.0 if r.correct else 0.0 for r in rows]
+        if counts:
+            p, y = expand_counts(counts)
             curve = [
                 RiskCoveragePoint(
                     threshold=pt.threshold,
@@ -362,7 +408,7 @@ class CalibrationMonitor:
                     error_rate=pt.error_rate,
                     risk_upper_bound=pt.risk_upper_bound,
                 )
-                for pt in risk.risk_coverage(p, y, delta=self.risk_delta)
+                for pt in risk.risk_coverage(list(p), list(y), delta=self.risk_delta)
             ]
         return report.model_copy(
             update={"delta": self.risk_delta, "risk_coverage": curve, "shadow": shadow_comparisons(pairs)}
@@ -394,11 +440,16 @@ class CalibrationMonitor:
             except EngineDeadError:
                 healthy = False
         self.metrics.engine_healthy.set(1.0 if healthy else 0.0)
-        loaded = {(a.name, a.version) for a in self.adapters()}
-        for name, version in loaded:
-            self.metrics.init_calibration_series(name, version, Method.adapter.value)
+        served = list(self.adapters())
+        loaded = {(a.name, a.version) for a in served}
+        for adapter in served:
+            self.metrics.init_calibration_series(adapter.name, adapter.version, Method.adapter.value)
+            if adapter.manifest.head is not None:
+                self.metrics.init_calibration_series(
+                    adapter.name, adapter.version, Method.calibrated_head.value
+                )
         self.metrics.init_calibration_series(NO_ADAPTER, NO_ADAPTER, Method.zero_shot.value)
-        for key in [k for k in self._drift if k not in loaded]:
+        for key in [k for k in self._drift if k[:2] not in loaded]:
             if self._drift.pop(key) is not None:
                 self.metrics.psi.remove(*key)
                 self.metrics.psi_samples.remove(*key)
@@ -425,20 +476,28 @@ class CalibrationMonitor:
             await asyncio.sleep(interval_s)
 
 
+def expand_counts(counts: list[tuple[float, bool, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(confidence, correct, count) groups back to per-item confidences and 0/1 labels."""
+    weights = np.array([n for _, _, n in counts], dtype=np.int64)
+    p = np.repeat(np.array([c for c, _, _ in counts], dtype=np.float64), weights)
+    y = np.repeat(np.array([1.0 if correct else 0.0 for _, correct, _ in counts]), weights)
+    return p, y
+
+
 def calibration_report(
-    rows: list[Outcome], *, adapter: str | None, query: CalibrationQuery
+    counts: list[tuple[float, bool, int]], *, adapter: str | None, query: CalibrationQuery
 ) -> CalibrationResponse:
-    """The metrics of labelled rows, computed by the training job's own functions (same bins,
-    same definitions as the adapter's evaluation report); null metrics when there are none."""
-    p = [r.confidence for r in rows]
-    y = [1.0 if r.correct else 0.0 for r in rows]
+    """The metrics of labelled rows given as (confidence, correct, count) groups, computed by
+    the training job's own functions (same bins, same definitions as the adapter's evaluation
+    report); null metrics when there are none."""
+    p, y = expand_counts(counts)
     report = CalibrationResponse(
         adapter=adapter,
         method=query.method,
         version=query.version,
         window_s=query.window_seconds(),
-        n=len(rows),
-        n_correct=int(sum(y)),
+        n=int(p.size),
+        n_correct=int(y.sum()),
         accuracy=None,
         mean_confidence=None,
         ece=None,
@@ -447,7 +506,7 @@ def calibration_report(
         note="no feedback in this window",
         bins=[ReliabilityBin(lower=k / N_BINS, upper=(k + 1) / N_BINS, count=0) for k in range(N_BINS)],
     )
-    if not rows:
+    if not p.size:
         return report
     auroc = calib.auroc(p, y)
     return report.model_copy(
@@ -488,6 +547,8 @@ def monitor_for(settings: Settings, state: ServiceState, admission: Admission) -
         store_prompts=settings.feedback_store_prompts,
         drift_window=settings.drift_window,
         retention_days=settings.feedback_retention_days,
+        labellers=settings.feedback_labellers,
+        trusted_only=settings.calibration_trusted_only,
         risk_delta=settings.selective_delta,
         queue_size=settings.feedback_queue_size,
         store_timeout_s=settings.feedback_store_timeout_s,

@@ -98,14 +98,14 @@ class ServiceMetrics:
         self.psi = Gauge(
             "confidence_psi",
             "Population stability index of this replica's recent confidences against the adapter's "
-            "reference histogram (label-free drift).",
-            ["adapter", "version"],
+            "reference histogram for this method (label-free drift).",
+            ["adapter", "version", "method"],
             registry=r,
         )
         self.psi_samples = Gauge(
             "confidence_psi_window_samples",
             "Confidences in the window the PSI is computed on.",
-            ["adapter", "version"],
+            ["adapter", "version", "method"],
             registry=r,
         )
         self.decisions = Counter(

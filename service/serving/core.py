@@ -17,7 +17,7 @@ import uuid
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, aclosing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from service.api.protocol import (
@@ -31,7 +31,9 @@ from service.api.protocol import (
     ScoreResponse,
     Usage,
 )
+from service.calibration import estimator
 from service.calibration import query as cq
+from service.calibration.estimator import HeadParams
 from service.decisions.shadow import ShadowPolicy, ShadowRead
 from service.engine.base import Completion, Engine, LoRA, SamplingOptions, StreamDelta, TokenLogprob
 from service.errors import InvalidRequestError, PromptTooLongError, ServiceError
@@ -79,6 +81,17 @@ class ConfidenceReader:
     temperature: float
     info: AdapterInfo | None
     shadow: ConfidenceReader | None = None  # a candidate also read, never returned
+    head: HeadParams | None = None  # method "calibrated_head": the version's fitted head
+
+
+@dataclass(frozen=True)
+class Scored:
+    """What a confidence is read for: the question, the answer and, for a generated answer,
+    its completion (whose sampled log-probs the calibrated head can read)."""
+
+    question: list[cq.Message]
+    answer: str
+    completion: Completion | None
 
 
 @dataclass(frozen=True)
@@ -173,7 +186,10 @@ class _AnswerStream:
 
     async def _score(self, index: int, completion: Completion) -> None:
         ids = await self.service.query(self.prompt.question, completion.text, param=self.prompt.param)
-        self.queue.put_nowait(ChoiceDone(index, completion, await self.service.read(ids, self.reader)))
+        # A streamed answer without requested log-probs is scored by the head with a prefill.
+        scored = Scored(self.prompt.question, completion.text, completion)
+        confidence = await self.service.read_answer(ids, self.reader, scored)
+        self.queue.put_nowait(ChoiceDone(index, completion, confidence))
 
     async def run(self) -> AsyncGenerator[ChoiceText | ChoiceDone, None]:
         try:
@@ -285,7 +301,13 @@ class ConfidenceService:
             return
         with self.registry.lease(adapter) as loaded, self._shadow(adapter, loaded, shadow) as candidate:
             info = AdapterInfo(name=loaded.name, version=loaded.version)
-            yield ConfidenceReader(method, loaded.lora, loaded.temperature, info, candidate)
+            head = loaded.manifest.head if method is Method.calibrated_head else None
+            if method is Method.calibrated_head and head is None:
+                raise InvalidRequestError(
+                    f"adapter {loaded.name}@{loaded.version} has no calibrated head; use method 'adapter'",
+                    param="method",
+                )
+            yield ConfidenceReader(method, loaded.lora, loaded.temperature, info, candidate, head)
 
     @contextmanager
     def _shadow(
@@ -307,11 +329,11 @@ class ConfidenceService:
             yield ConfidenceReader(Method.adapter, candidate.lora, candidate.temperature, info)
 
     async def read_all(
-        self, queries: list[list[int]], reader: ConfidenceReader
+        self, queries: list[list[int]], reader: ConfidenceReader, answers: Sequence[Scored]
     ) -> tuple[list[float], list[float] | None]:
         """Every query's confidence, and the shadow's in the same engine batch (None when
         there is no shadow or its read failed: a shadow never fails the request)."""
-        main = [self.read(ids, reader) for ids in queries]
+        main = [self.read_answer(ids, reader, scored) for ids, scored in zip(queries, answers, strict=True)]
         if reader.shadow is None:
             return list(await asyncio.gather(*main)), None
         shadow = [self.read(ids, reader.shadow) for ids in queries]
@@ -357,11 +379,42 @@ class ConfidenceService:
             )
         return ids
 
-    async def read(self, query_ids: list[int], reader: ConfidenceReader) -> float:
+    async def gap(self, query_ids: list[int], reader: ConfidenceReader) -> float:
+        """logit(yes) - logit(no) of the confidence query (no temperature applied)."""
         lp_no, lp_yes = await self.engine.next_token_logprobs(
             query_ids, [self.labels.no_id, self.labels.yes_id], lora=reader.lora
         )
-        return cq.confidence(lp_no, lp_yes, temperature=reader.temperature)
+        return cq.label_logit_gap(lp_no, lp_yes)
+
+    async def read(self, query_ids: list[int], reader: ConfidenceReader) -> float:
+        return cq.sigmoid(await self.gap(query_ids, reader) / reader.temperature)
+
+    async def read_answer(self, query_ids: list[int], reader: ConfidenceReader, scored: Scored) -> float:
+        """The confidence of one answer by the reader's method. The head also needs the base
+        model's likelihood of the answer: from the sampled tokens' log-probs when generation
+        returned them (no extra pass), else one prefill of question + answer submitted with
+        the query, so vLLM batches both."""
+        if reader.head is None:
+            return await self.read(query_ids, reader)
+        sampled = self.sampled_logprobs(scored.completion) if scored.completion else None
+        if sampled is not None:
+            logprobs = sampled
+            gap = await self.gap(query_ids, reader)
+        else:
+            ids, start = estimator.likelihood_prompt(self.engine.tokenizer, scored.question, scored.answer)
+            gap, logprobs = await asyncio.gather(
+                self.gap(query_ids, reader), self.engine.prompt_logprobs(ids, start=start)
+            )
+        likelihood = estimator.answer_likelihood(logprobs)
+        return estimator.head_confidence(reader.head, estimator.features(gap, likelihood, scored.answer))
+
+    def sampled_logprobs(self, completion: Completion) -> list[float] | None:
+        """The sampled tokens' log-probabilities that belong to the answer text (an end-of-
+        sequence token or a stop string's token is generated but not part of the text)."""
+        if completion.logprobs is None:
+            return None
+        answer_tokens = len(self.engine.tokenizer.encode(completion.text, add_special_tokens=False))
+        return [t.logprob for t in completion.logprobs][:answer_tokens]
 
     def sampling(
         self,
@@ -420,10 +473,15 @@ class ConfidenceService:
         """Generate `options.n` answers with the base model, then score them all at once
         (only the confidence query uses the adapter)."""
         self.check_fits(prompt, options)
+        asked = options.logprobs
+        if reader.head is not None and asked is None:
+            options = replace(options, logprobs=0)  # the head reads the sampled tokens' log-probs
         result = await self.engine.generate(prompt.ids, options, lora=None)
         queries = [await self.query(prompt.question, c.text, param=prompt.param) for c in result.completions]
-        scores, shadow = await self.read_all(queries, reader)
-        choices = [Answer(c, s) for c, s in zip(result.completions, scores, strict=True)]
+        scored = [Scored(prompt.question, c.text, c) for c in result.completions]
+        scores, shadow = await self.read_all(queries, reader, scored)
+        completions = [c if asked is not None else replace(c, logprobs=None) for c in result.completions]
+        choices = [Answer(c, s) for c, s in zip(completions, scores, strict=True)]
         return Answers(result.prompt_tokens, choices, shadow)
 
     def answer_stream(
@@ -473,12 +531,15 @@ class ConfidenceService:
         Raises like `answer_stream`, at the call."""
         return _generate_events(self.answer_stream(prompt, options, reader), len(prompt.ids), reader)
 
-    async def score(self, request: ScoreRequest) -> ScoreResponse:
+    def check_items(self, request: ScoreRequest) -> None:
         if len(request.items) > self.limits.max_score_items:
             raise InvalidRequestError(
                 f"{len(request.items)} items exceed this server's limit of {self.limits.max_score_items}",
                 param="items",
             )
+
+    async def score(self, request: ScoreRequest) -> ScoreResponse:
+        self.check_items(request)
         with self.reader(request.method, request.adapter, shadow=True) as reader:
             return await self._score(request, reader)
 
@@ -493,7 +554,11 @@ class ConfidenceService:
             )
             for i, item in enumerate(request.items)
         ]
-        scores, shadow = await self.read_all(queries, reader)
+        scored = [
+            Scored(cq.question_chat(messages=item.turns(), context=item.context), item.answer, None)
+            for item in request.items
+        ]
+        scores, shadow = await self.read_all(queries, reader, scored)
         response_id = f"score-{uuid.uuid4().hex}"
         self._emit_shadow(response_id, "score", reader, shadow)
         return ScoreResponse(

@@ -13,13 +13,14 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from service.api.protocol import Method
 from service.calibration import query as cq
 from service.engine.base import Engine, SamplingOptions
 from service.lora.manifest import weights_fingerprint
 from service.lora.ops import AdapterOps
 from service.lora.registry import AdapterRegistry, BaseModelInfo
 from service.lora.snapshot import AdapterSnapshots
-from service.serving.core import ConfidenceService, Limits, chars_per_token_bound
+from service.serving.core import ConfidenceReader, ConfidenceService, Limits, chars_per_token_bound
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -81,15 +82,20 @@ def base_model_info(engine: Engine, max_lora_rank: int) -> BaseModelInfo:
 
 
 async def warm_up(service: ConfidenceService) -> None:
-    """Run base generation and every adapter's confidence read once, concurrently."""
+    """Run base generation and every adapter's confidence read once, concurrently. Each read
+    is a real one (both labels, the adapter's temperature), so an adapter whose numbers cannot
+    make a confidence fails start-up here, not every request later."""
     tokenizer = service.engine.tokenizer
     question = [{"role": "user", "content": "What is 2 + 2?"}]
     prompt = cq.encode_rendered(tokenizer, cq.render(tokenizer, question))
     query = cq.query_ids(tokenizer, question, "4")
-    loras = [None, *(a.lora for a in service.registry.list())]
+    readers = [ConfidenceReader(Method.zero_shot, None, 1.0, None)]
+    readers += [
+        ConfidenceReader(Method.adapter, a.lora, a.temperature, None) for a in service.registry.list()
+    ]
     await asyncio.gather(
         service.engine.generate(prompt, SamplingOptions(max_tokens=2)),
-        *(service.engine.next_token_logprobs(query, [service.labels.no_id], lora=lora) for lora in loras),
+        *(service.read(query, reader) for reader in readers),
     )
 
 

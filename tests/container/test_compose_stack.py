@@ -207,6 +207,7 @@ def stack(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         GATEWAY_PORT=f"127.0.0.1:{gateway_port}",
         PROMETHEUS_PORT=str(prometheus_port),
         POSTGRES_PASSWORD=secrets.token_hex(16),
+        FEEDBACK_DB_PASSWORD=secrets.token_hex(16),
         GRAFANA_ADMIN_PASSWORD=secrets.token_hex(16),
         CONFIDENCE_ADMIN_TOKEN=secrets.token_hex(16),
         TRAIN_DATA_DIR=str(train_data),

@@ -14,6 +14,7 @@ from tests.deploy.conftest import REPO, run, tool
 REQUIRED_ENV = {
     "GATEWAY_API_KEYS_FILE": str(REPO / "deploy/gateway/api-keys.example.map"),
     "POSTGRES_PASSWORD": "compose-test-password",
+    "FEEDBACK_DB_PASSWORD": "compose-test-app-password",
     "GRAFANA_ADMIN_PASSWORD": "compose-test-admin",
 }
 
@@ -83,7 +84,7 @@ def test_service_wiring(config: Any) -> None:
     service = config["services"]["confidence"]
     env = service["environment"]
     assert env["CONFIDENCE_FEEDBACK_DB_URL"].startswith(
-        "postgresql://confidence:compose-test-password@postgres:5432/"
+        "postgresql://confidence_app:compose-test-app-password@postgres:5432/"
     )
     assert service["build"]["target"] == "cpu"
     assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
@@ -120,6 +121,36 @@ def test_bind_mounted_files_exist(config: Any) -> None:
             if relative == "data":  # the train profile's input, the operator's to provide
                 continue
             assert (REPO / relative).exists(), relative
+
+
+def mount_targets(service: Any) -> set[str]:
+    """Container paths of a service's mounts (short "src:target[:mode]" or long syntax)."""
+    return {v["target"] if isinstance(v, dict) else v.split(":")[1] for v in service["volumes"]}
+
+
+def test_containers_are_hardened(config: Any) -> None:
+    for name, service in config["services"].items():
+        assert service.get("read_only") is True, name
+        assert service.get("cap_drop") == ["ALL"], name
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        if name != "train":
+            assert service.get("mem_limit") and service.get("pids_limit"), name
+
+
+def test_the_service_uses_its_own_database_role(config: Any) -> None:
+    url = config["services"]["confidence"]["environment"]["CONFIDENCE_FEEDBACK_DB_URL"]
+    assert url.startswith("postgresql://confidence_app:")
+    mounts = mount_targets(config["services"]["postgres"])
+    assert {"/docker-entrypoint-initdb.d", "/etc/confidence/app-role.sql"} <= mounts
+
+
+def test_tls_option_publishes_https_with_the_certificate() -> None:
+    tls_env = {**REQUIRED_ENV, "GATEWAY_TLS_CERT": "/etc/hostname", "GATEWAY_TLS_KEY": "/etc/hostname"}
+    config = compose_config("-f", str(REPO / "docker-compose.tls.yml"), env=tls_env)
+    gateway = config["services"]["gateway"]
+    assert {p["target"] for p in gateway["ports"]} == {8080, 8443}
+    targets = mount_targets(gateway)
+    assert {"/etc/nginx/confidence/tls/tls.conf", "/etc/nginx/confidence/tls/cert.pem"} <= targets
 
 
 OFFLINE_OVERRIDE = REPO / "deploy/offline/docker-compose.offline.yml"

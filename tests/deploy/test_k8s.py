@@ -106,8 +106,21 @@ def test_pdb_hpa_and_scrape_target_select_the_service(resources: dict[tuple[str,
     service = resources[("Service", "confidence-service")]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     port_names = {p["name"] for p in service["spec"]["ports"]}
-    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["http"] and "http" in port_names
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"] and "metrics" in port_names
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+
+
+def test_monitoring_reaches_only_the_metrics_port(resources: dict[tuple[str, str], Any]) -> None:
+    config = resources[("ConfigMap", "confidence-service-config")]["data"]
+    metrics_port = int(config["CONFIDENCE_METRICS_PORT"])
+    rules = resources[("NetworkPolicy", "confidence-service")]["spec"]["ingress"]
+    monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    for rule in rules:
+        if monitoring in rule["from"]:
+            assert [p["port"] for p in rule["ports"]] == [metrics_port]
+        else:
+            assert metrics_port not in [p["port"] for p in rule["ports"]]
+    assert any(monitoring in rule["from"] for rule in rules)
 
 
 def test_outside_traffic_reaches_only_the_gateway(resources: dict[tuple[str, str], Any]) -> None:

@@ -27,16 +27,22 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 
-def confidence(*argv: str) -> subprocess.CompletedProcess[str]:
-    env = {
+def confidence_env() -> dict[str, str]:
+    return {
         **os.environ,
         "PYTHONPATH": str(REPO),
         # The tiny model's 1024 positions are below the offline engine's 2048-token context.
         "VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1",
         "VLLM_CPU_KVCACHE_SPACE": "1",
+        "OMP_NUM_THREADS": "1",
     }
+
+
+def confidence(*argv: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "service.cli", *argv]
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    return subprocess.run(
+        command, cwd=REPO, env=confidence_env(), capture_output=True, text=True, timeout=1200
+    )
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +93,25 @@ def test_a_taken_version_fails_before_training(exported: tuple[Path, Path, Path]
     )  # fmt: skip
     assert done.returncode != 0 and "v1 already exists" in done.stderr
     assert not (root / "runs2").exists()
+
+
+def test_the_job_under_torchrun_trains_on_both_processes_and_exports_once(
+    exported: tuple[Path, Path, Path],
+) -> None:
+    """What the Kubernetes training Job runs, on two CPU processes: both train (DDP over
+    gloo), the main one leaves the process group, fits T through vLLM and exports once."""
+    model, data, root = exported
+    torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "service.cli"]
+    done = subprocess.run(
+        [sys.executable, *torchrun, "train", "--model", str(model), "--train_files", str(data),
+         "--name", "mine", "--export_root", str(root / "exported"), "--runs_root", str(root / "ddp-runs"),
+         "--max_steps", "2",
+         "--eval_strategy", "no", "--per_device_train_batch_size", "4", "--dtype", "float32",
+         "--ddp_backend", "gloo"],
+        cwd=REPO, env=confidence_env(), capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    printed = [line for line in done.stdout.splitlines() if line.startswith(str(root))]
+    assert printed == [str(root / "exported" / "mine" / "v2")]  # by the main process only
+    manifest = AdapterManifest.read(root / "exported" / "mine" / "v2")
+    assert manifest.training_data["training"]["steps"] == 2

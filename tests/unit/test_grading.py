@@ -110,3 +110,85 @@ def test_multiple_choice_grading_needs_the_chosen_index():
     # The answer text alone is ambiguous ("A. a" could be a choice named "A. a").
     with pytest.raises(ValueError, match="chosen index"):
         grading.grade(_mc(), "C. c")
+
+
+# Real echoes from adapters/graded/smollm2-135m/train_mix.jsonl, all graded correct by the
+# containment grader before it saw the question: the answer restates the question.
+ECHOES = [
+    (
+        "Who was the Georgia Peach?",
+        "The Georgia Peach is a legendary Georgia-based company that has been making and selling peaches",
+        ["The Georgia Peach", "georgia peach"],
+    ),
+    (
+        "Which town in East Sussex now stands on the site of the battle of Hastings?",
+        "The Battle of Hastings is a legendary event that took place on the 9th of October 1066",
+        ["Battle", "Battle Of", "battle"],
+    ),
+    (
+        "What is the US state capital of Kansas?",
+        "The US state capital of Kansas is Kansas City.",
+        ["Topeka", "Capital of Kansas", "capital of kansas"],
+    ),
+    (
+        "‘The Crafty Cockney’ was the nickname of which British darts player?",
+        "The Crafty Cockney was a British darts player named Jack Black.",
+        ["Eric Bristow", "Crafty Cockney", "The Crafty Cockney"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("question", "answer", "aliases"), ECHOES)
+def test_an_alias_taken_from_the_question_does_not_make_an_echo_correct(question, answer, aliases):
+    assert grading.grade_open(answer, aliases)  # what the question-blind grader said
+    assert not grading.grade_open(answer, aliases, question=question)
+
+
+def test_an_alias_outside_the_question_still_counts():
+    question = "What is the US state capital of Kansas?"
+    assert grading.grade_open(
+        "Topeka is the capital of Kansas.", ["Topeka", "Capital of Kansas"], question=question
+    )
+
+
+@pytest.mark.parametrize(
+    ("question", "answer", "gold"),
+    [
+        ("Calculate 3 - 0 =", "3", "3"),  # arithmetic identities: the result is in the question
+        ("Calculate 535 / 1 =", "535", "535"),
+        (
+            "Mike's teacher leaves as homework the reading of a 200-page book in 20 days at 10 pages a day.",
+            "Mike's teacher will leave 200 pages of the book in 30 days. So, 10 pages",
+            "10",
+        ),
+    ],
+)
+def test_a_number_copied_from_the_question_is_not_credited(question, answer, gold):
+    assert grading.grade_numeric(answer, gold)
+    assert not grading.grade_numeric(answer, gold, question=question)
+
+
+def test_a_computed_number_is_credited():
+    assert grading.grade_numeric("12 + 35 = 47", "47", question="Calculate 12 + 35 =")
+
+
+def test_grade_passes_the_question_to_the_grader():
+    item = QAItem(
+        id="t:4", source="t", kind="open", question="Who was the Georgia Peach?", aliases=["Georgia Peach"]
+    )
+    assert not grading.grade(item, "The Georgia Peach was a company.")
+
+
+def test_regrade_relabels_stored_echoes_from_their_gold():
+    from adapters.data import GradedRecord
+
+    echo = GradedRecord(
+        question=ECHOES[0][0], answer=ECHOES[0][1], correct=True, kind="open", meta={"gold": ECHOES[0][2]}
+    )
+    copied = GradedRecord(
+        question="Calculate 3 - 0 =", answer="3", correct=True, kind="numeric", meta={"gold": "3"}
+    )
+    right = GradedRecord(
+        question="Calculate 9 * 8 =", answer="72", correct=False, kind="numeric", meta={"gold": "72"}
+    )
+    assert [grading.regrade(r) for r in (echo, copied, right)] == [False, False, True]

@@ -175,3 +175,28 @@ def test_cli_arguments_build_a_config(tmp_path):
         labelling.parse_limits(["triviaqa:10"])
     with pytest.raises(ValueError, match="unknown"):
         labelling.LabelConfig(splits=("dev",))
+
+
+async def test_no_choices_format_asks_the_bare_question_and_answers_the_choice_text(tmp_path):
+    from adapters.data import format_mc_question
+
+    engine = ScriptedEngine(likely={"blue"})
+    choices = ["red", "blue", "green"]
+    item = QAItem(
+        id="arc_easy:7",
+        source="arc_easy",
+        kind="mc",
+        question=format_mc_question("Sky colour?", choices),
+        choices=choices,
+        gold=1,
+    )
+    config = labelling.LabelConfig(mc_score="sum", mc_format="no_choices")
+    await labelling.label_items(engine, [item], tmp_path / "g.jsonl", config=config)
+    (record,) = lines(tmp_path / "g.jsonl")
+    assert (record["question"], record["answer"], record["correct"]) == ("Sky colour?", "blue", True)
+    assert record["meta"]["mc_format"] == "no_choices"
+
+
+def test_mc_format_is_validated():
+    with pytest.raises(ValueError, match="mc_format"):
+        labelling.LabelConfig(mc_format="letters")  # type: ignore[arg-type]

@@ -3,6 +3,7 @@ labels, and the PSI gauge rising when the traffic mix moves away from the refere
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -175,27 +176,27 @@ def test_psi_rises_when_the_traffic_mix_changes(tmp_path, settings):
     assert math.isfinite(psi_shifted)
 
 
-def test_no_psi_without_a_usable_reference_and_answers_still_served(tmp_path, settings, engine):
+def test_no_psi_without_a_reference_and_a_malformed_one_is_refused(tmp_path, settings, engine):
     root = tmp_path / "refless"
     write_adapter(root, "plain", "v1")
-    write_adapter(root, "broken", "v1", reference_histogram={"bin_edges": [0.0, 1.0], "counts": [1, 2, 3]})
+    broken = write_adapter(root, "broken", "v1")
+    # A malformed reference histogram (3 counts for 1 bin) no longer loads: the manifest is refused.
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["reference_histogram"] = {"bin_edges": [0.0, 1.0], "counts": [1, 2, 3]}
+    (broken / "manifest.json").write_text(json.dumps(manifest))
     settings = settings.model_copy(update={"adapter_root": root, "default_adapter": "plain"})
     with TestClient(build_app(settings, engine=engine)) as client:
         wait_ready(client)
-        for adapter in ("plain", "broken"):
-            response = client.post("/generate", json={"prompt": "x", "adapter": adapter})
-            assert response.status_code == 200, response.text
-            assert sample(client, "confidence_psi", adapter=adapter, version="v1") is None
-            assert (
-                sample(
-                    client,
-                    "confidence_served_confidence_count",
-                    adapter=adapter,
-                    version="v1",
-                    method="adapter",
-                )
-                == 1
+        assert client.get("/adapters").json()["rejected"] == {"broken": "invalid manifest"}
+        response = client.post("/generate", json={"prompt": "x", "adapter": "plain"})
+        assert response.status_code == 200, response.text
+        assert sample(client, "confidence_psi", adapter="plain", version="v1", method="adapter") is None
+        assert (
+            sample(
+                client, "confidence_served_confidence_count", adapter="plain", version="v1", method="adapter"
             )
+            == 1
+        )
 
 
 def test_versions_served_side_by_side_are_monitored_apart(tmp_path, settings, engine):
@@ -218,7 +219,12 @@ def test_versions_served_side_by_side_are_monitored_apart(tmp_path, settings, en
             labels = {"adapter": "unc", "version": version, "method": "adapter"}
             assert sample(client, "confidence_served_confidence_count", **labels) == served
             assert sample(client, "confidence_feedback_squared_error_total", **labels) is not None
-            assert sample(client, "confidence_psi_window_samples", adapter="unc", version=version) == served
+            assert (
+                sample(
+                    client, "confidence_psi_window_samples", adapter="unc", version=version, method="adapter"
+                )
+                == served
+            )
         pinned = {"endpoint": "/generate", "method": "adapter", "adapter": "unc", "code": "200"}
         assert sample(client, "confidence_requests_total", **pinned) == 3  # a pin counts under its name
         registry.set_default("unc@v1")  # what the admin API does
@@ -226,5 +232,5 @@ def test_versions_served_side_by_side_are_monitored_apart(tmp_path, settings, en
         assert client.get("/calibration").json()["adapter"] == "other"
         registry.retire("unc@v1")
         metrics = client.get("/metrics").text
-    assert 'confidence_psi{adapter="unc",version="v2"}' in metrics
-    assert 'confidence_psi{adapter="unc",version="v1"}' not in metrics
+    assert 'confidence_psi{adapter="unc",method="adapter",version="v2"}' in metrics
+    assert 'confidence_psi{adapter="unc",method="adapter",version="v1"}' not in metrics

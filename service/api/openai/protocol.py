@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from service.api.protocol import (
     MAX_ID_CHARS,
+    MAX_MESSAGES,
     MAX_TEXT_CHARS,
     Decision,
     DecisionsWhenAsked,
@@ -104,7 +105,9 @@ class ChatMessage(_Request):
 
 
 class ChatCompletionRequest(SamplingRequest):
-    messages: list[ChatMessage] = Field(min_length=1, description="A chat ending with a user turn.")
+    messages: list[ChatMessage] = Field(
+        min_length=1, max_length=MAX_MESSAGES, description="A chat ending with a user turn."
+    )
     max_completion_tokens: int | None = Field(default=None, ge=1, description="Wins over max_tokens.")
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter
 
 from service.api.deps import AdminDep, OpsDep, ServiceDep
@@ -39,12 +41,13 @@ def summary(registry: AdapterRegistry, adapter: LoadedAdapter) -> AdapterSummary
     )
 
 
-def listing(registry: AdapterRegistry) -> AdapterList:
+def listing(registry: AdapterRegistry, *, admin: bool = False) -> AdapterList:
+    """Public: refused adapters with a short reason; admin: with the full message."""
     default = registry.default_adapter()
     return AdapterList(
         default=default.spec if default else None,
         adapters=[summary(registry, a) for a in registry.list()],
-        rejected=registry.rejected,
+        rejected=registry.rejected_details if admin else registry.rejected,
         previous_default=registry.previous_default,
     )
 
@@ -55,18 +58,28 @@ async def list_adapters(service: ServiceDep) -> AdapterList:
     return listing(service.registry)
 
 
+@router.get("/admin/adapters", response_model=AdapterList, responses=ERRORS)
+async def list_adapters_admin(ops: OpsDep, _: AdminDep) -> AdapterList:
+    """As `GET /adapters`, with the full reason each refused adapter was refused."""
+    return listing(ops.registry, admin=True)
+
+
+# Load and unload run shielded: an admin client that disconnects midway cancels only its
+# wait, never the operation, which finishes (or rolls back) and leaves no slot or copy behind.
+
+
 @router.post("/admin/adapters", response_model=AdapterList, status_code=201, responses=ERRORS)
 async def load_adapter(request: LoadAdapterRequest, ops: OpsDep, _: AdminDep) -> AdapterList:
     """Validate, load and warm up `<adapter_root>/<name>/<version>`; on failure nothing changes."""
-    await ops.load(request.name, request.version, make_default=request.make_default)
-    return listing(ops.registry)
+    await asyncio.shield(ops.load(request.name, request.version, make_default=request.make_default))
+    return listing(ops.registry, admin=True)
 
 
 @router.put("/admin/adapters/default", response_model=AdapterList, responses=ERRORS)
 async def set_default(request: SetDefaultRequest, ops: OpsDep, _: AdminDep) -> AdapterList:
     """Atomically switch what requests naming no adapter get."""
     await ops.set_default(request.adapter)
-    return listing(ops.registry)
+    return listing(ops.registry, admin=True)
 
 
 @router.post("/admin/adapters/{name}/rollback", response_model=AdapterList, responses=ERRORS)
@@ -79,5 +92,5 @@ async def rollback_default(name: str, ops: OpsDep, _: AdminDep) -> AdapterList:
 @router.delete("/admin/adapters/{name}/{version}", response_model=AdapterList, responses=ERRORS)
 async def unload_adapter(name: str, version: str, ops: OpsDep, _: AdminDep) -> AdapterList:
     """Stop serving a version; requests already using it finish first."""
-    await ops.unload(f"{name}@{version}")
-    return listing(ops.registry)
+    await asyncio.shield(ops.unload(f"{name}@{version}"))
+    return listing(ops.registry, admin=True)

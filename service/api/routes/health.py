@@ -14,7 +14,8 @@ RETRY_AFTER_S = "5"
 
 @router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
 async def health(state: StateDep) -> JSONResponse:
-    """Liveness: 200 while starting or serving, 503 once the engine is dead."""
+    """Liveness: 200 while starting (until CONFIDENCE_STARTUP_TIMEOUT_S) or serving; 503 once the
+    engine is dead or wedged (see service/serving/watchdog.py) or start-up ran out of time."""
     if state.phase is Phase.failed:
         return JSONResponse(HealthResponse(status="dead", detail=state.detail).model_dump(), status_code=503)
     if state.engine is not None:

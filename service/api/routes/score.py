@@ -25,6 +25,7 @@ async def score(
 ) -> ScoreResponse:
     """Confidence that each (question, answer) pair — from any model — is correct."""
     labels.note(request.method.value, request.adapter)
+    service.check_items(request)  # before admission: an over-limit batch must not get a 429 it can never pass
     await selective.check(request, service.registry, method=request.method, adapter=request.adapter)
     with admission.admit(len(request.items)):
         response = await deadline.within(service.score(request))
