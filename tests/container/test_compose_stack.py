@@ -297,6 +297,23 @@ def test_generate_and_score_answer_from_both_replicas(stack: Stack) -> None:
     assert len({r["adapter"]["version"] for r in responses}) == 1, "one default version everywhere"
 
 
+def test_openai_chat_through_the_gateway_answers_with_confidence(stack: Stack) -> None:
+    """The OpenAI-compatible chat route, through the gateway with an API key: the choice carries
+    its confidence from the shipped adapter (issue 16)."""
+    with stack.client() as client:
+        models = client.get("/v1/models")
+        assert models.status_code == 200, models.text
+        base = models.json()["data"][0]["id"]
+        question = {"role": "user", "content": QUESTIONS[0][0]}
+        body = {"model": base, "messages": [question], "max_tokens": 16}
+        response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    (choice,) = response.json()["choices"]
+    confidence = choice["confidence"]
+    assert 0.0 <= confidence["value"] <= 1.0, choice
+    assert confidence["adapter"].startswith(f"{ADAPTER}@"), choice
+
+
 def shipped_version(stack: Stack) -> str:
     with stack.client() as client:
         listing = client.get("/adapters").json()
