@@ -93,6 +93,7 @@ def test_feedback_and_drift_gauge_for_the_shipped_adapter(server):
     ack = httpx.post(f"{server}/feedback", json={"id": body["id"], "correct": False}, timeout=30)
     assert ack.status_code == 200 and ack.json()["recorded"] == 1
     metrics = httpx.get(f"{server}/metrics", timeout=30).text
-    assert f'confidence_psi{{adapter="{adapter}",version="{body["adapter"]["version"]}"}}' in metrics
+    version, method = body["adapter"]["version"], body["method"]
+    assert f'confidence_psi{{adapter="{adapter}",method="{method}",version="{version}"}}' in metrics
     report = httpx.get(f"{server}/calibration", params={"window": "1h"}, timeout=30).json()
     assert report["adapter"] == adapter and report["n"] >= 1
