@@ -148,7 +148,7 @@ def test_calibration_monitoring_end_to_end(tiny_model, served_root, tmp_path):
     assert_rules_give(
         tmp_path, series, end, expected, {"adapter": "alpha", "version": "v1", "method": "adapter"}
     )
-    assert 'confidence_psi{adapter="alpha",version="v1"}' in after
+    assert 'confidence_psi{adapter="alpha",method="adapter",version="v1"}' in after
 
     env["CONFIDENCE_PORT"] = str(free_port())
     with running_service(env, tmp_path / "serve-2.log") as (base, _):
