@@ -180,7 +180,13 @@ class VLLMEngine(Engine):
     async def generate(
         self, prompt_ids: Sequence[int], options: SamplingOptions, *, lora: LoRA | None = None
     ) -> GenerationResult:
-        out = await self._run(prompt_ids, self._sampling_params(options), lora)
+        from vllm.sampling_params import RequestOutputKind
+
+        # FINAL_ONLY: with n > 1 vLLM fans out one child request per choice, and in its default
+        # (cumulative) mode each output carries only the child that just stepped, so the last
+        # output can hold one choice of n. FINAL_ONLY aggregates all n into the final output.
+        params = self._sampling_params(options, output_kind=RequestOutputKind.FINAL_ONLY)
+        out = await self._run(prompt_ids, params, lora)
         completions = [
             Completion(
                 text=c.text,

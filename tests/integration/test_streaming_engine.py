@@ -51,3 +51,13 @@ async def test_closing_the_stream_early_aborts_the_vllm_request(engine):
             assert processor.get_num_unfinished_requests() == before + 1
             break
     assert processor.get_num_unfinished_requests() == before
+
+
+async def test_generate_returns_every_one_of_n_choices_when_they_end_at_different_steps(engine):
+    # A stop string on a common letter ends the sampled choices at different steps: vLLM's
+    # default (cumulative) outputs then carry only the child that just ended, one choice of n.
+    options = SamplingOptions(max_tokens=32, temperature=1.0, n=4, stop=("e",))
+    for _ in range(3):
+        result = await engine.generate(PROMPT, options)
+        assert len(result.completions) == options.n, result
+        assert all(c.finish_reason in ("stop", "length") for c in result.completions), result
