@@ -471,7 +471,9 @@ class FeedbackQueue(BaseModel):
 
 class ShadowRequest(_Strict):
     adapter: str = Field(description="name@version of a loaded candidate (not the default).")
-    fraction: float = Field(gt=0.0, le=1.0, description="Share of default-adapter requests it also scores.")
+    fraction: float = Field(
+        gt=0.0, le=1.0, strict=True, description="Share of default-adapter requests it also scores."
+    )
 
 
 class ShadowStatus(BaseModel):
@@ -481,7 +483,9 @@ class ShadowStatus(BaseModel):
 
 
 class ShadowPromoteRequest(_Strict):
-    min_labels: int = Field(default=200, ge=1, description="Labelled responses both must have scored.")
+    min_labels: int = Field(
+        default=200, ge=1, strict=True, description="Labelled responses both must have scored."
+    )
     window: str = Field(default="30d", pattern=r"^[0-9]+[smhd]$", description="Feedback received within.")
 
 
@@ -490,11 +494,12 @@ class RecalibrationReport(_Strict):
 
     adapter: str = Field(min_length=1, max_length=64)
     outcome: Literal["promoted", "better", "not_better", "too_few_labels"]
+    # strict: a JSON boolean is not an ECE (lax mode would read false as 0.0).
     current_ece: float | None = Field(
-        default=None, ge=0.0, le=1.0, description="Held-out ECE of the current version."
+        default=None, ge=0.0, le=1.0, strict=True, description="Held-out ECE of the current version."
     )
     candidate_ece: float | None = Field(
-        default=None, ge=0.0, le=1.0, description="Held-out ECE of the refit."
+        default=None, ge=0.0, le=1.0, strict=True, description="Held-out ECE of the refit."
     )
 
 

@@ -203,3 +203,16 @@ def test_a_failing_shadow_never_fails_the_request(settings, adapter_root):
         metrics = client.app.state.monitor.metrics.registry
         failed = {"adapter": "default-unc", "version": "v2", "outcome": "failed"}
         assert metrics.get_sample_value("confidence_shadow_reads_total", failed) == 10
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/admin/shadow", {"adapter": "other@v1", "fraction": True}),
+        ("/admin/recalibrations", {"adapter": "default-unc", "outcome": "better", "candidate_ece": False}),
+    ],
+)
+def test_a_json_boolean_is_not_a_number_on_admin_routes(admin, path, body):
+    method = admin.put if path == "/admin/shadow" else admin.post
+    response = method(path, json=body, headers=AUTH)
+    assert response.status_code == 400, response.text
