@@ -10,7 +10,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.decisions.selective import SelectiveAnswering
 from service.decisions.shadow import ShadowPolicy
-from service.errors import AdminDisabledError, EngineDeadError, EngineNotReadyError, UnauthorizedError
+from service.errors import (
+    AdminDisabledError,
+    EngineDeadError,
+    EngineNotReadyError,
+    InvalidRequestError,
+    UnauthorizedError,
+)
 from service.feedback.clients import client_from, current_client
 from service.lora.ops import AdapterOps
 from service.monitoring.monitor import CalibrationMonitor
@@ -96,6 +102,17 @@ def get_deadline(request: Request) -> Deadline:
     return deadline
 
 
+def single_valued_query(request: Request) -> None:
+    """Every query parameter of this API takes one value: a repeated one is ambiguous, so it is
+    a 400 naming it (FastAPI would silently keep the last)."""
+    seen: set[str] = set()
+    for key, _ in request.query_params.multi_items():
+        if key in seen:
+            raise InvalidRequestError(f"query parameter {key!r} is given more than once", param=key)
+        seen.add(key)
+
+
+SingleValuedQuery = Depends(single_valued_query)
 StateDep = Annotated[ServiceState, Depends(get_state)]
 ServiceDep = Annotated[ConfidenceService, Depends(get_service)]
 OpsDep = Annotated[AdapterOps, Depends(get_ops)]

@@ -136,3 +136,9 @@ def test_wrong_content_type_and_unknown_routes_use_the_error_shape(client):
     assert_error(client.post("/generate", content=b"prompt=x", headers={"content-type": "text/plain"}), 400)
     assert_error(client.get("/no-such-endpoint"), 404, "not_found")
     assert_error(client.get("/generate"), 405, "method_not_allowed")
+
+
+def test_a_repeated_query_parameter_is_a_400_naming_it(client):
+    response = client.get("/calibration?window=1h&window=2h")
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "window"

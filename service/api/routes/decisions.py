@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from service.api.deps import AdminDep, MonitorDep, OpsDep, SelectiveDep, ShadowDep
+from service.api.deps import AdminDep, MonitorDep, OpsDep, SelectiveDep, ShadowDep, SingleValuedQuery
 from service.api.error_mapping import documented
 from service.api.protocol import (
     CalibrationQuery,
@@ -124,7 +124,12 @@ DEFAULT_THRESHOLD = 0.5
 QUEUE_CANDIDATES = 5000  # newest unlabelled items ranked per request
 
 
-@router.get("/feedback/queue", response_model=FeedbackQueue, responses=documented(400, 401, 403, 404, 503))
+@router.get(
+    "/feedback/queue",
+    response_model=FeedbackQueue,
+    responses=documented(400, 401, 403, 404, 503),
+    dependencies=[SingleValuedQuery],
+)
 async def feedback_queue(
     query: Annotated[FeedbackQueueQuery, Query()],
     monitor: MonitorDep,
