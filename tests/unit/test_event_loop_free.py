@@ -22,7 +22,7 @@ import httpx
 from service.app import build_app
 from service.settings import Settings
 from tests.fake_engine import FakeEngine, WordTokenizer
-from tests.http_server import free_port, serve_in_thread
+from tests.http_server import free_port, serve_in_thread, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,15 +61,7 @@ def serve_in_process(settings: Settings) -> Iterator[str]:
     server = subprocess.Popen([sys.executable, "-c", SERVE, settings.model_dump_json(), str(port)], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, "test server did not start"
-            time.sleep(0.1)
+        wait_ready(url, alive=lambda: server.poll() is None, timeout=60)
         yield url
     finally:
         server.terminate()

@@ -4,13 +4,12 @@ one uvicorn server, two listeners, as `confidence serve` runs them."""
 from __future__ import annotations
 
 import threading
-import time
 
 import httpx
 import uvicorn
 
 from service.app import build_app
-from tests.http_server import free_port
+from tests.http_server import free_port, wait_ready
 
 
 def test_metrics_only_on_the_metrics_port(settings, engine):
@@ -24,15 +23,7 @@ def test_metrics_only_on_the_metrics_port(settings, engine):
     thread.start()
     api, metrics = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{metrics_port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{api}/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_ready(api, alive=thread.is_alive, timeout=20)
         assert httpx.post(f"{api}/generate", json={"prompt": "2+2?"}, timeout=10).status_code == 200
         assert httpx.get(f"{api}/metrics", timeout=10).status_code == 404
         scraped = httpx.get(f"{metrics}/metrics", timeout=10)
