@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from service.api import error_mapping, middleware
-from service.api.deps import identify_client
+from service.api.deps import SingleValuedQuery, identify_client
 from service.api.metrics_port import MetricsPort
 from service.api.openai import api_router as openai_api
 from service.api.routes import adapter_admin, decisions, feedback, generate, health, monitoring, score
@@ -91,7 +91,8 @@ def build_app(
         description="Answers with a calibrated probability of being correct (Kapoor et al. 2024).",
         version="0.1.0",
         lifespan=lifespan,
-        dependencies=[Depends(identify_client)],
+        # No query parameter of this API takes several values: a repeated one is a 400.
+        dependencies=[Depends(identify_client), SingleValuedQuery],
     )
     app.state.settings = settings
     app.state.service_state = ServiceState()

@@ -103,7 +103,7 @@ def get_deadline(request: Request) -> Deadline:
 
 
 def single_valued_query(request: Request) -> None:
-    """Every query parameter of this API takes one value: a repeated one is ambiguous, so it is
+    """No query parameter of this API takes several values: a repeated one is ambiguous, so it is
     a 400 naming it (FastAPI would silently keep the last)."""
     seen: set[str] = set()
     for key, _ in request.query_params.multi_items():

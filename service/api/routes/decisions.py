@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from service.api.deps import AdminDep, MonitorDep, OpsDep, SelectiveDep, ShadowDep, SingleValuedQuery
+from service.api.deps import AdminDep, MonitorDep, OpsDep, SelectiveDep, ShadowDep
 from service.api.error_mapping import documented
 from service.api.protocol import (
     CalibrationQuery,
@@ -128,7 +128,6 @@ QUEUE_CANDIDATES = 5000  # newest unlabelled items ranked per request
     "/feedback/queue",
     response_model=FeedbackQueue,
     responses=documented(400, 401, 403, 404, 503),
-    dependencies=[SingleValuedQuery],
 )
 async def feedback_queue(
     query: Annotated[FeedbackQueueQuery, Query()],

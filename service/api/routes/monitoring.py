@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api.deps import MonitorDep, SingleValuedQuery, StateDep
+from service.api.deps import MonitorDep, StateDep
 from service.api.protocol import CalibrationQuery, CalibrationResponse, ErrorResponse
 from service.serving.lifecycle import Phase
 
@@ -23,7 +23,6 @@ async def metrics(state: StateDep, monitor: MonitorDep) -> Response:
 @router.get(
     "/calibration",
     response_model=CalibrationResponse,
-    dependencies=[SingleValuedQuery],
     responses={400: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
 )
 async def calibration(
