@@ -13,13 +13,17 @@
 #                    python slim image; tests/container builds one with debootstrap).
 #   GPU_BASE_IMAGE   the vLLM CUDA image whose vllm version pyproject.toml pins.
 #   TORCH_INDEX_URL  where torch 2.13.0+cpu comes from; empty = only deploy/docker/wheels/.
+#   PYPI_INDEX_URL   where every other package comes from (PyPI or a mirror of it).
 #   --secret id=pip_ca,src=FILE   a CA bundle for pip behind a TLS-inspecting proxy; used
 #                    during the build only, never stored in a layer.
-# The exact package set is deploy/docker/requirements-*.txt (made by deploy/docker/lock.py
-# from the tested environment) installed with --no-deps: what runs is what was tested.
+# The exact package sets are deploy/docker/requirements-*.txt (made by deploy/docker/lock.py;
+# the CPU ones from the tested environment), each installed with --require-hashes --no-deps
+# from one index (PIP_CONFIG_FILE=/dev/null: no pip configuration of a base image adds one),
+# so what runs is what was locked, byte for byte, and no package can come from another index.
 
 ARG BASE_IMAGE=python:3.11.14-slim-bookworm
 ARG GPU_BASE_IMAGE=vllm/vllm-openai:v0.32.0
+ARG PYPI_INDEX_URL=https://pypi.org/simple
 
 # ---- what every runtime image shares: tini as PID 1, libnuma, a compiler, the unprivileged user ----
 # checkov:skip=CKV_DOCKER_7: FROM takes a build argument; its default above is a pinned tag
@@ -46,17 +50,27 @@ ENV CONFIDENCE_HOST=0.0.0.0 \
     PYTHONUNBUFFERED=1
 
 # ---- cpu build, in layers that change at different rates ----
-# The locked packages: rebuilt only when deploy/docker/requirements-cpu.txt changes.
+# The locked packages: rebuilt only when deploy/docker/ changes. torch from the PyTorch
+# index (or deploy/docker/wheels/ alone), then the rest from PyPI: one index per install.
 FROM ${BASE_IMAGE} AS cpu-deps
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG PYPI_INDEX_URL
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 HF_HUB_OFFLINE=1
 RUN --mount=type=bind,source=deploy/docker,target=/src/deploy/docker \
     --mount=type=secret,id=pip_ca \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
+ && export PIP_CONFIG_FILE=/dev/null && unset PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS \
  && python3.11 -m venv /opt/confidence/venv \
- && /opt/confidence/venv/bin/pip install -q --no-deps --find-links /src/deploy/docker/wheels \
-        ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -r /src/deploy/docker/requirements-cpu.txt
+ && if [ -n "$TORCH_INDEX_URL" ]; then \
+        /opt/confidence/venv/bin/pip install -q --require-hashes --no-deps --index-url "$TORCH_INDEX_URL" \
+            -r /src/deploy/docker/requirements-torch-cpu.txt; \
+    else \
+        /opt/confidence/venv/bin/pip install -q --require-hashes --no-deps --no-index \
+            --find-links /src/deploy/docker/wheels -r /src/deploy/docker/requirements-torch-cpu.txt; \
+    fi \
+ && /opt/confidence/venv/bin/pip install -q --require-hashes --no-deps --index-url "$PYPI_INDEX_URL" \
+        -r /src/deploy/docker/requirements-cpu.txt
 
 # The embedded model, fetched and converted by the service's own code: rebuilt only when
 # that code changes. The conversion happens in a private temporary directory (mode 0700):
@@ -98,24 +112,35 @@ CMD ["confidence", "serve"]
 
 # ---- train: the cpu image plus the training job (peft, scikit-learn, ...) ----
 FROM cpu AS train
+ARG PYPI_INDEX_URL
 USER 0:0
 RUN --mount=type=bind,source=deploy/docker/requirements-train.txt,target=/tmp/requirements-train.txt \
     --mount=type=secret,id=pip_ca \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
- && pip install -q --no-cache-dir --no-deps -r /tmp/requirements-train.txt
+ && export PIP_CONFIG_FILE=/dev/null && unset PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS \
+ && pip install -q --no-cache-dir --require-hashes --no-deps --index-url "$PYPI_INDEX_URL" \
+        -r /tmp/requirements-train.txt
 USER 10001:10001
 CMD ["confidence", "train", "--help"]
 
 # ---- gpu: the official vLLM CUDA build; the model is mounted ----
 FROM ${GPU_BASE_IMAGE} AS gpu
+ARG PYPI_INDEX_URL
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 COPY --from=runtime-base /usr/bin/tini-static /usr/bin/tini
-# `[gpu]` pins vllm==0.32.0: pip fails here if the base image carries another version, and
-# otherwise adds only what the base lacks (torch and vllm are left as they are).
+# requirements-gpu.txt: vllm (CUDA) with its torch and the service's dependencies, locked for
+# the base image's Python. What the base already has at the locked version stays (vllm and
+# torch of the matching vllm image); anything else is replaced by the locked, hashed file.
+# The service itself is built with the locked setuptools (no build isolation: no unlocked
+# download).
 RUN --mount=type=bind,target=/src,rw \
     --mount=type=secret,id=pip_ca \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
- && python3 -m pip install -q --no-cache-dir "/src[gpu]" \
+ && export PIP_CONFIG_FILE=/dev/null && unset PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS \
+ && python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12) and "requirements-gpu.txt is locked for Python 3.12 (deploy/docker/lock.py GPU_PYTHON)")' \
+ && python3 -m pip install -q --no-cache-dir --require-hashes --no-deps --index-url "$PYPI_INDEX_URL" \
+        -r /src/deploy/docker/requirements-gpu.txt \
+ && python3 -m pip install -q --no-cache-dir --no-deps --no-index --no-build-isolation /src \
  && useradd --system --uid 10001 --user-group --create-home --home-dir /home/confidence confidence \
  && install -d -o 10001 -g 10001 /var/lib/confidence /var/lib/confidence/adapters /var/cache/confidence /models \
  && cp -r /src/adapters/exported/. /var/lib/confidence/adapters/ \
@@ -139,10 +164,13 @@ CMD ["confidence", "serve"]
 # ---- gpu-train: the gpu image plus the training job, for multi-GPU training ----
 # (torchrun / accelerate launch; deploy/k8s/training runs it as a Kubernetes Job)
 FROM gpu AS gpu-train
+ARG PYPI_INDEX_URL
 USER 0:0
-RUN --mount=type=bind,target=/src,rw \
+RUN --mount=type=bind,source=deploy/docker/requirements-gpu-train.txt,target=/tmp/requirements-gpu-train.txt \
     --mount=type=secret,id=pip_ca \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
- && python3 -m pip install -q --no-cache-dir "/src[gpu,model,train]"
+ && export PIP_CONFIG_FILE=/dev/null && unset PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS \
+ && python3 -m pip install -q --no-cache-dir --require-hashes --no-deps --index-url "$PYPI_INDEX_URL" \
+        -r /tmp/requirements-gpu-train.txt
 USER 10001:10001
 CMD ["confidence", "train", "--help"]
