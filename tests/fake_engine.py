@@ -69,6 +69,7 @@ class FakeEngine(Engine):
         self.calls: list[tuple[str, LoRA | None]] = []
         self.loras: dict[int, LoRA] = {}
         self.bad_adapter_versions: set[str] = set()  # versions whose engine load fails
+        self.nan_read_versions: set[str] = set()  # versions whose label log-probs come back NaN
 
     async def start(self) -> None:
         if self.fail_start:
@@ -166,6 +167,8 @@ class FakeEngine(Engine):
         self, prompt_ids: Sequence[int], token_ids: Sequence[int], *, lora: LoRA | None = None
     ) -> list[float]:
         await self._enter("logprobs", lora)
+        if lora is not None and lora.path.name in self.nan_read_versions:
+            return [math.nan] * len(token_ids)  # what broken adapter weights (NaN/inf) give
         gap = fake_gap(prompt_ids, lora)
         # Two labels whose logits differ by `gap`, sharing the rest of a fixed vocabulary.
         lp_no = -math.log1p(math.exp(gap)) - 1.0

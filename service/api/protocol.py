@@ -278,7 +278,11 @@ class AdapterSummary(BaseModel):
 class AdapterList(BaseModel):
     default: str | None = Field(description="name@version that requests naming no adapter get.")
     adapters: list[AdapterSummary]
-    rejected: dict[str, str] = Field(default_factory=dict, description="Adapters on disk refused, and why.")
+    rejected: dict[str, str] = Field(
+        default_factory=dict,
+        description="Adapters on disk refused (validation, engine load or warm-up read), and why: keyed by "
+        "name, or by name@version while other versions of the name serve.",
+    )
     previous_default: str | None = Field(
         default=None, description="name@version a rollback of the default returns to."
     )

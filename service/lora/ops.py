@@ -3,6 +3,7 @@
 Each operation validates before it changes anything, so a failing adapter is refused
 with the reason and whatever served before keeps serving. Operations run one at a time
 (a lock), while requests keep flowing: the registry's switch is a single atomic step.
+Start-up puts every staged adapter through the same load and warm-up (`admit_staged`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 
 from service.calibration import query as cq
 from service.engine.base import Engine
-from service.errors import AdapterConflictError, AdapterLoadError
+from service.errors import AdapterConflictError, AdapterLoadError, EngineDeadError, ServiceError
 from service.lora.registry import AdapterRegistry, LoadedAdapter
 
 log = logging.getLogger(__name__)
@@ -28,18 +29,65 @@ class AdapterOps:
         self._lock = asyncio.Lock()
 
     async def warm_up(self, adapter: LoadedAdapter) -> None:
-        """One confidence read through the adapter: it must load and give finite label log-probs."""
+        """One real confidence read through the adapter (both labels, its temperature).
+
+        Raises:
+            AdapterLoadError: the read failed or gave no finite confidence.
+            EngineDeadError: the engine died (not this adapter's failure alone).
+        """
         labels = cq.label_tokens(self.engine.tokenizer)
         query = cq.query_ids(self.engine.tokenizer, WARM_UP_QUESTION, "4")
-        logprobs = await self.engine.next_token_logprobs(
-            query, [labels.no_id, labels.yes_id], lora=adapter.lora
-        )
+        try:
+            logprobs = await self.engine.next_token_logprobs(
+                query, [labels.no_id, labels.yes_id], lora=adapter.lora
+            )
+        except (AdapterLoadError, EngineDeadError):
+            raise
+        except ServiceError as exc:
+            raise AdapterLoadError(
+                f"adapter {adapter.spec}: its warm-up confidence read failed: {exc.message}",
+                reason="warm-up read failed",
+            ) from exc
         try:
             cq.confidence(*logprobs, temperature=adapter.temperature)
         except ValueError as exc:
             raise AdapterLoadError(
                 f"adapter {adapter.spec} cannot give a confidence: {exc}", reason="no usable confidence"
             ) from exc
+
+    async def admit(self, adapter: LoadedAdapter) -> None:
+        """Load a prepared adapter into the engine and warm it up; if either fails it is out
+        of the engine again (the caller still owns its files).
+
+        Raises:
+            AdapterLoadError: the engine refused it or its warm-up read failed.
+        """
+        await self.engine.add_lora(adapter.lora)
+        try:
+            await self.warm_up(adapter)
+        except AdapterLoadError:
+            await self.engine.remove_lora(adapter.lora)
+            raise
+
+    async def admit_staged(self) -> list[LoadedAdapter]:
+        """Start-up: admit every adapter the registry staged, concurrently. A version that
+        fails is rejected on its own (out of the engine, its files deleted, listed as refused
+        with the reason) while the others serve. Returns the rejected ones.
+
+        Raises:
+            EngineDeadError (or any failure that is not an adapter's): start-up cannot go on.
+        """
+        async with self._lock:
+            staged = self.registry.list()
+            results = await asyncio.gather(*(self.admit(a) for a in staged), return_exceptions=True)
+            rejected = []
+            for adapter, result in zip(staged, results, strict=True):
+                if isinstance(result, AdapterLoadError):
+                    self.registry.reject(adapter, result)
+                    rejected.append(adapter)
+                elif isinstance(result, BaseException):
+                    raise result
+            return rejected
 
     async def load(self, name: str, version: str, *, make_default: bool = False) -> LoadedAdapter:
         """Validate, load into the engine, warm up, then serve `name@version`.
@@ -51,17 +99,16 @@ class AdapterOps:
         async with self._lock:
             if any((a.name, a.version) == (name, version) for a in self.registry.list()):
                 raise AdapterConflictError(f"adapter {name}@{version} is already loaded", param="version")
-            adapter = await asyncio.to_thread(self.registry.prepare, name, version)
             try:
-                await self.engine.add_lora(adapter.lora)
-            except AdapterLoadError:
-                self.registry.discard(adapter)
+                adapter = await asyncio.to_thread(self.registry.prepare, name, version)
+            except AdapterLoadError as exc:
+                self.registry.refuse(name, version, exc)
                 raise
             try:
-                await self.warm_up(adapter)
-            except AdapterLoadError:
-                await self.engine.remove_lora(adapter.lora)
+                await self.admit(adapter)
+            except AdapterLoadError as exc:
                 self.registry.discard(adapter)
+                self.registry.refuse(name, version, exc)
                 raise
             self.registry.add(adapter)
             if make_default:

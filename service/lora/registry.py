@@ -110,7 +110,8 @@ class AdapterRegistry:
         self.default = default  # a name; its current version serves requests that name none
         self._loaded: dict[str, dict[str, LoadedAdapter]] = {}
         self._current: dict[str, str] = {}
-        self._rejected: dict[str, tuple[str, str]] = {}  # name -> (public reason, full message)
+        # name, or name@version beside served versions of the name -> (public reason, full message)
+        self._rejected: dict[str, tuple[str, str]] = {}
         self._ids = itertools.count(1)
         # Earlier defaults (name@version), most recent last: what a rollback returns to.
         self._default_history: list[str] = []
@@ -134,8 +135,7 @@ class AdapterRegistry:
                     self.discard(adapter)
                     raise
             except ServiceError as exc:
-                self._rejected[name_dir.name] = (getattr(exc, "reason", exc.error_type), exc.message)
-                log.error("not serving adapter %s: %s", name_dir.name, exc.message)
+                self.refuse(name_dir.name, newest.name, exc)
 
     # ------------------------------------------------------------ changes
 
@@ -158,6 +158,27 @@ class AdapterRegistry:
         lora = LoRA(name=f"{name}@{version}#{uid}", int_id=uid, path=path)
         return LoadedAdapter(name, version, manifest.temperature, lora, manifest)
 
+    def refuse(self, name: str, version: str, error: ServiceError) -> None:
+        """List `name@version` as refused, with the error's public reason (and the full message
+        for the admin API). It is listed under its name while no version of the name is served
+        (requests naming it then get the reason), else under `name@version`."""
+        key = f"{name}@{version}" if name in self._loaded else name
+        self._rejected[key] = (getattr(error, "reason", error.error_type), error.message)
+        log.error("not serving adapter %s@%s: %s", name, version, error.message)
+
+    def reject(self, adapter: LoadedAdapter, error: ServiceError) -> None:
+        """Stop serving an adapter staged at start-up that failed its warm-up (no request holds
+        it yet), delete its files and list it as refused."""
+        versions = self._loaded.get(adapter.name, {})
+        if versions.get(adapter.version) is adapter:
+            del versions[adapter.version]
+            if not versions:
+                del self._loaded[adapter.name], self._current[adapter.name]
+            elif self._current[adapter.name] == adapter.version:
+                self._current[adapter.name] = max(versions, key=version_key)
+        self.discard(adapter)
+        self.refuse(adapter.name, adapter.version, error)
+
     def discard(self, adapter: LoadedAdapter) -> None:
         """Delete the files of a prepared adapter the engine no longer (or never) serves."""
         if self.snapshots is not None:
@@ -176,6 +197,7 @@ class AdapterRegistry:
         if make_current or adapter.name not in self._current:
             self._current[adapter.name] = adapter.version
         self._rejected.pop(adapter.name, None)
+        self._rejected.pop(adapter.spec, None)
         log.info("serving adapter %s (T=%.3f)", adapter.spec, adapter.temperature)
 
     def set_default(self, spec: str) -> LoadedAdapter:
@@ -260,7 +282,8 @@ class AdapterRegistry:
 
     @property
     def rejected(self) -> dict[str, str]:
-        """Adapters refused at start-up and a short reason each, without paths or contents."""
+        """Adapters refused (at start-up or by an admin load) and a short reason each, without
+        paths or contents."""
         return {name: reason for name, (reason, _) in self._rejected.items()}
 
     @property
