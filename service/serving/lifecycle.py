@@ -92,10 +92,11 @@ def base_model_info(engine: Engine, max_lora_rank: int) -> BaseModelInfo:
 
 
 async def warm_up(service: ConfidenceService, ops: AdapterOps) -> None:
-    """Run base generation, a zero-shot read and every adapter's load and confidence read once,
-    concurrently. Each adapter read is a real one (both labels, the adapter's temperature), so
-    an adapter whose numbers cannot make a confidence is refused here, not on every request
-    later; the base paths failing fails start-up.
+    """Load and read every adapter once, then run base generation and a zero-shot read. Each
+    adapter read is a real one (both labels, the adapter's temperature), so an adapter whose
+    numbers cannot make a confidence is refused here, not on every request later. The base
+    paths run last, so they also check that no refused adapter left the engine broken; their
+    failing fails start-up.
 
     Raises:
         DefaultAdapterRefusedError: the default adapter was refused (here or by validation).
@@ -104,10 +105,10 @@ async def warm_up(service: ConfidenceService, ops: AdapterOps) -> None:
     question = [{"role": "user", "content": "What is 2 + 2?"}]
     prompt = cq.encode_rendered(tokenizer, cq.render(tokenizer, question))
     query = cq.query_ids(tokenizer, question, "4")
+    await ops.admit_staged()
     await asyncio.gather(
         service.engine.generate(prompt, SamplingOptions(max_tokens=2)),
         service.read(query, ConfidenceReader(Method.zero_shot, None, 1.0, None)),
-        ops.admit_staged(),
     )
     check_default(service.registry)
 

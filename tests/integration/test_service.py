@@ -30,15 +30,38 @@ def client(
     manifest.name = "wrong-base"
     manifest.base_model.weights_sha256 = "f" * 64
     manifest.write(wrong)
+    # NaN weights are refused by validation. Huge finite ones pass it, but the activations
+    # overflow: the warm-up read is not finite, so that adapter is refused on its own.
+    for name, value in (("nan-weights", float("nan")), ("overflow", 3e38)):
+        broken = root / name / "v1"
+        shutil.copytree(adapter_root / "beta" / "v1", broken)
+        fill_lora_b(broken, value)
+        manifest = AdapterManifest.read(broken)
+        manifest.name = name
+        manifest.write(broken)
     settings = tiny_settings(tiny_model, root, default_adapter="alpha")
     with TestClient(build_app(settings)) as test_client:
         wait_ready(test_client, timeout=300)
         yield test_client
 
 
+def fill_lora_b(adapter: Path, value: float) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = adapter / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    save_file({k: torch.full_like(v, value) if "lora_B" in k else v for k, v in tensors.items()}, weights)
+
+
 def test_ready_serves_matching_adapters_only(client):
     body = client.get("/ready").json()
-    assert {a["name"] for a in body["adapters"]} == {"alpha", "beta"}
+    assert {a["name"] for a in body["adapters"]} == {"alpha", "beta"}  # alpha is the default
+    assert client.get("/adapters").json()["rejected"] == {
+        "wrong-base": "trained for another base model",
+        "nan-weights": "non-finite weights",
+        "overflow": "no usable confidence",
+    }
     response = client.post(
         "/score", json={"items": [{"question": "q", "answer": "a"}], "adapter": "wrong-base"}
     )

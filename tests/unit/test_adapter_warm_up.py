@@ -11,11 +11,13 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from service.app import build_app
+from service.lora.files import nonfinite_tensors
 from service.settings import Settings
 from tests.fake_engine import FakeEngine
 from tests.unit.conftest import wait_ready, write_adapter
@@ -52,14 +54,14 @@ def wait_failed(client: TestClient, timeout: float = 5.0) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("break_it", "reason", "detail"),
+    ("break_it", "reason", "detail", "resets"),
     [
-        (lambda e: e.nan_read_versions.add("v2"), "no usable confidence", "must be finite"),
-        (lambda e: e.bad_adapter_versions.add("v2"), "invalid adapter", "fake engine refuses"),
+        (lambda e: e.nan_read_versions.add("v2"), "no usable confidence", "must be finite", 1),
+        (lambda e: e.bad_adapter_versions.add("v2"), "invalid adapter", "fake engine refuses", 0),
     ],
 )
 def test_an_adapter_failing_its_warm_up_is_refused_alone(
-    admin_settings, engine, adapter_root, break_it, reason, detail
+    admin_settings, engine, adapter_root, break_it, reason, detail, resets
 ):
     break_it(engine)
     with TestClient(build_app(admin_settings, engine=engine)) as client:
@@ -73,6 +75,9 @@ def test_an_adapter_failing_its_warm_up_is_refused_alone(
         # Out of the engine and off the disk; the default and zero-shot keep serving.
         assert engine_loras(engine) == {"default-unc@v1"}
         assert served_copies(client) == {"default-unc@v1"}
+        # KV cached while a read went non-finite is never reused (an adapter the engine
+        # refused to load never ran).
+        assert engine.prefix_cache_resets == resets
         assert client.post("/score", json=ITEM).json()["adapter"]["name"] == "default-unc"
         assert client.post("/score", json={**ITEM, "method": "zero_shot"}).status_code == 200
         refused = client.post("/score", json={**ITEM, "adapter": "other"})
@@ -141,9 +146,66 @@ def test_an_admin_load_failing_its_warm_up_is_listed_and_the_others_keep_serving
         }
         assert engine_loras(engine) == {"default-unc@v1", "other@v2"}
         assert served_copies(client) == {"default-unc@v1", "other@v2"}
+        assert engine.prefix_cache_resets == 1
         assert client.post("/score", json={**ITEM, "adapter": "other"}).status_code == 200
         # Fixed and loaded again: no longer listed as refused.
         engine.nan_read_versions.clear()
         loaded = client.post("/admin/adapters", json={"name": "other", "version": "v3"}, headers=AUTH)
         assert loaded.status_code == 201, loaded.text
         assert loaded.json()["rejected"] == {}
+
+
+def write_safetensors(path: Path, tensors: dict[str, tuple[str, bytes]]) -> None:
+    """A safetensors file by hand (numpy cannot write bfloat16): name -> (dtype, raw bytes)."""
+    header, offset = {}, 0
+    for name, (dtype, raw) in tensors.items():
+        width = 2 if dtype in ("BF16", "F16") else 4
+        header[name] = {
+            "dtype": dtype,
+            "shape": [len(raw) // width],
+            "data_offsets": [offset, offset + len(raw)],
+        }
+        offset += len(raw)
+    encoded = json.dumps(header).encode()
+    path.write_bytes(
+        len(encoded).to_bytes(8, "little") + encoded + b"".join(raw for _, raw in tensors.values())
+    )
+
+
+BF16_ONE, BF16_NAN, BF16_INF = b"\x80\x3f", b"\xc0\x7f", b"\x80\x7f"
+
+
+@pytest.mark.parametrize(
+    ("dtype", "bad"),
+    [
+        ("F32", np.float32(np.nan).tobytes()),
+        ("F32", np.float32(-np.inf).tobytes()),
+        ("BF16", BF16_NAN),
+        ("BF16", BF16_INF),
+    ],
+)
+def test_non_finite_lora_weights_are_refused_before_they_reach_the_engine(
+    settings, engine, adapter_root, dtype, bad
+):
+    good = np.float32(1.0).tobytes() if dtype == "F32" else BF16_ONE
+    path = write_adapter(adapter_root, "other", "v2")
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    write_safetensors(
+        path / "adapter_model.safetensors",
+        {f"{prefix}.lora_A.weight": (dtype, good * 4), f"{prefix}.lora_B.weight": (dtype, good * 3 + bad)},
+    )
+    assert nonfinite_tensors(path) == [f"{prefix}.lora_B.weight"]
+    with TestClient(build_app(settings, engine=engine)) as client:
+        wait_ready(client)
+        assert client.get("/adapters").json()["rejected"] == {"other": "non-finite weights"}
+    assert "other@v2" not in {call[1].name.split("#")[0] for call in engine.calls if call[1] is not None}
+
+
+def test_finite_weights_in_every_float_dtype_pass(tmp_path):
+    path = tmp_path / "a"
+    path.mkdir()
+    write_safetensors(
+        path / "adapter_model.safetensors",
+        {"x.lora_A.weight": ("BF16", BF16_ONE * 2), "x.lora_B.weight": ("F32", np.float32(3e38).tobytes())},
+    )
+    assert nonfinite_tensors(path) == []
