@@ -36,6 +36,17 @@ def make_random_lora(model_dir: Path, out: Path, *, seed: int, scale: float = 0.
     return out
 
 
+def fill_lora_b(adapter: Path, value: float) -> Path:
+    """Set every lora_B weight of a saved adapter to `value` (NaN, or huge to overflow)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = adapter / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    save_file({k: torch.full_like(v, value) if "lora_B" in k else v for k, v in tensors.items()}, weights)
+    return adapter
+
+
 def write_manifest(adapter_dir: Path, model_dir: Path, name: str, version: str, temperature: float) -> None:
     from transformers import AutoTokenizer
 

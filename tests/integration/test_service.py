@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from service.app import build_app
 from service.lora.manifest import AdapterManifest
-from tests.integration.conftest import tiny_settings
+from tests.integration.conftest import fill_lora_b, tiny_settings
 from tests.unit.conftest import wait_ready
 
 pytestmark = pytest.mark.integration
@@ -43,15 +43,6 @@ def client(
     with TestClient(build_app(settings)) as test_client:
         wait_ready(test_client, timeout=300)
         yield test_client
-
-
-def fill_lora_b(adapter: Path, value: float) -> None:
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    weights = adapter / "adapter_model.safetensors"
-    tensors = load_file(weights)
-    save_file({k: torch.full_like(v, value) if "lora_B" in k else v for k, v in tensors.items()}, weights)
 
 
 def test_ready_serves_matching_adapters_only(client):
