@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, aclosing, contextmanager
 from dataclasses import dataclass, replace
@@ -70,6 +70,16 @@ class Limits:
 
     def input_chars_limit(self) -> int:
         return self.max_input_chars or self.max_model_len * DEFAULT_CHARS_PER_TOKEN
+
+
+def method_for(requested: Method | None, adapter: LoadedAdapter) -> Method:
+    """The method a request is read with: the one it names, else the best `adapter` offers:
+    `calibrated_head` when the version carries a fitted head (its selection on the calibration
+    and out-of-domain sets preferred it, see the README), else `adapter` (the paper's method,
+    which every version has, so head-less adapters keep working unchanged)."""
+    if requested is not None:
+        return requested
+    return Method.calibrated_head if adapter.manifest.head is not None else Method.adapter
 
 
 @dataclass(frozen=True)
@@ -285,13 +295,26 @@ class ConfidenceService:
                 param=param,
             )
 
+    def method_hint(self, method: Method | None, adapter: str | None) -> Method:
+        """The method a request will most likely be read with, for what is needed before its
+        reader exists (the request metrics' label): `reader` decides, under its lease. An
+        adapter that does not resolve counts as `adapter` (the reader raises the error)."""
+        if method is not None:
+            return method
+        try:
+            return method_for(None, self.registry.resolve(adapter))
+        except ServiceError:
+            return Method.adapter
+
     @contextmanager
     def reader(
-        self, method: Method, adapter: str | None, *, shadow: bool = False
+        self, method: Method | None, adapter: str | None, *, shadow: bool = False
     ) -> Iterator[ConfidenceReader]:
         """Resolve the adapter once, at the start of the request, and hold it to the end:
-        an adapter switch meanwhile does not change this request's version. `shadow`: the
-        caller records shadow reads (native /generate and /score), so one may be attached."""
+        an adapter switch meanwhile does not change this request's version. `method` None:
+        the version's best (`method_for`), decided here, under the lease, so the method and
+        the version always belong together. `shadow`: the caller records shadow reads
+        (native /generate and /score), so one may be attached."""
         if method is Method.zero_shot:
             if adapter is not None:
                 raise InvalidRequestError(
@@ -299,22 +322,28 @@ class ConfidenceService:
                 )
             yield ConfidenceReader(method, None, 1.0, None)
             return
-        with self.registry.lease(adapter) as loaded, self._shadow(adapter, loaded, shadow) as candidate:
-            info = AdapterInfo(name=loaded.name, version=loaded.version)
+        with self.registry.lease(adapter) as loaded:
+            method = method_for(method, loaded)
             head = loaded.manifest.head if method is Method.calibrated_head else None
             if method is Method.calibrated_head and head is None:
                 raise InvalidRequestError(
                     f"adapter {loaded.name}@{loaded.version} has no calibrated head; use method 'adapter'",
                     param="method",
                 )
-            yield ConfidenceReader(method, loaded.lora, loaded.temperature, info, candidate, head)
+            with self._shadow(adapter, loaded, method, shadow) as candidate:
+                info = AdapterInfo(name=loaded.name, version=loaded.version)
+                yield ConfidenceReader(method, loaded.lora, loaded.temperature, info, candidate, head)
 
     @contextmanager
     def _shadow(
-        self, requested: str | None, loaded: LoadedAdapter, wanted: bool
+        self, requested: str | None, loaded: LoadedAdapter, method: Method, wanted: bool
     ) -> Iterator[ConfidenceReader | None]:
         """A lease on the shadow candidate for a request that gets the default adapter, when
-        the policy samples it; None otherwise (a candidate unloaded meanwhile is skipped)."""
+        the policy samples it; None otherwise (a candidate unloaded meanwhile is skipped).
+        The candidate reads with the request's method, so served and shadow confidences of
+        one version comparison differ in the version only; a candidate without a head
+        shadows a `calibrated_head` read with `adapter`, and its reads are recorded (and
+        compared) under that method."""
         spec = self.shadow_policy.pick() if wanted and self.shadow_policy and requested is None else None
         if spec is None or spec == loaded.spec:
             yield None
@@ -326,18 +355,34 @@ class ConfidenceService:
                 yield None
                 return
             info = AdapterInfo(name=candidate.name, version=candidate.version)
-            yield ConfidenceReader(Method.adapter, candidate.lora, candidate.temperature, info)
+            head = candidate.manifest.head if method is Method.calibrated_head else None
+            shadow_method = Method.calibrated_head if head is not None else Method.adapter
+            yield ConfidenceReader(shadow_method, candidate.lora, candidate.temperature, info, head=head)
 
     async def read_all(
         self, queries: list[list[int]], reader: ConfidenceReader, answers: Sequence[Scored]
     ) -> tuple[list[float], list[float] | None]:
         """Every query's confidence, and the shadow's in the same engine batch (None when
         there is no shadow or its read failed: a shadow never fails the request)."""
-        main = [self.read_answer(ids, reader, scored) for ids, scored in zip(queries, answers, strict=True)]
         if reader.shadow is None:
+            main = [
+                self.read_answer(ids, reader, scored) for ids, scored in zip(queries, answers, strict=True)
+            ]
             return list(await asyncio.gather(*main)), None
-        shadow = [self.read(ids, reader.shadow) for ids in queries]
-        results = await asyncio.gather(*main, *shadow, return_exceptions=True)
+        # Both heads read the same base-model likelihood of each answer: computed once.
+        shared = reader.head is not None or reader.shadow.head is not None
+        likelihoods = [asyncio.ensure_future(self.answer_likelihood(s)) if shared else None for s in answers]
+        try:
+            reads = [
+                self.read_answer(ids, r, scored, likelihood=likelihood)
+                for r in (reader, reader.shadow)
+                for ids, scored, likelihood in zip(queries, answers, likelihoods, strict=True)
+            ]
+            results = await asyncio.gather(*reads, return_exceptions=True)
+        finally:
+            for task in likelihoods:
+                if task is not None:
+                    task.cancel()  # one nobody awaited (a read failed before), else a no-op
         for result in results[: len(queries)]:
             if isinstance(result, BaseException):
                 raise result
@@ -360,7 +405,7 @@ class ConfidenceService:
                 endpoint=endpoint,
                 adapter=reader.shadow.info.name,
                 version=reader.shadow.info.version,
-                method=reader.method.value,
+                method=reader.shadow.method.value,
                 confidences=tuple(enumerate(scores)) if scores is not None else (),
                 failed=scores is None,
             )
@@ -389,24 +434,34 @@ class ConfidenceService:
     async def read(self, query_ids: list[int], reader: ConfidenceReader) -> float:
         return cq.sigmoid(await self.gap(query_ids, reader) / reader.temperature)
 
-    async def read_answer(self, query_ids: list[int], reader: ConfidenceReader, scored: Scored) -> float:
+    async def read_answer(
+        self,
+        query_ids: list[int],
+        reader: ConfidenceReader,
+        scored: Scored,
+        *,
+        likelihood: Awaitable[estimator.AnswerLikelihood] | None = None,
+    ) -> float:
         """The confidence of one answer by the reader's method. The head also needs the base
-        model's likelihood of the answer: from the sampled tokens' log-probs when generation
-        returned them (no extra pass), else one prefill of question + answer submitted with
-        the query, so vLLM batches both."""
+        model's likelihood of the answer (`answer_likelihood`, or `likelihood` when another
+        read computes it already), awaited together with the query so vLLM batches both."""
         if reader.head is None:
             return await self.read(query_ids, reader)
-        sampled = self.sampled_logprobs(scored.completion) if scored.completion else None
-        if sampled is not None:
-            logprobs = sampled
-            gap = await self.gap(query_ids, reader)
-        else:
+        gap, answer_likelihood = await asyncio.gather(
+            self.gap(query_ids, reader),
+            likelihood if likelihood is not None else self.answer_likelihood(scored),
+        )
+        features = estimator.features(gap, answer_likelihood, scored.answer)
+        return estimator.head_confidence(reader.head, features)
+
+    async def answer_likelihood(self, scored: Scored) -> estimator.AnswerLikelihood:
+        """The base model's likelihood of the answer: from the sampled tokens' log-probs when
+        generation returned them (no extra pass), else one prefill of question + answer."""
+        logprobs = self.sampled_logprobs(scored.completion) if scored.completion else None
+        if logprobs is None:
             ids, start = estimator.likelihood_prompt(self.engine.tokenizer, scored.question, scored.answer)
-            gap, logprobs = await asyncio.gather(
-                self.gap(query_ids, reader), self.engine.prompt_logprobs(ids, start=start)
-            )
-        likelihood = estimator.answer_likelihood(logprobs)
-        return estimator.head_confidence(reader.head, estimator.features(gap, likelihood, scored.answer))
+            logprobs = await self.engine.prompt_logprobs(ids, start=start)
+        return estimator.answer_likelihood(logprobs)
 
     def sampled_logprobs(self, completion: Completion) -> list[float] | None:
         """The sampled tokens' log-probabilities that belong to the answer text (an end-of-
