@@ -155,9 +155,12 @@ class _AnswerStream:
         options: SamplingOptions,
         reader: ConfidenceReader,
         deltas: AsyncGenerator[StreamDelta, None],
+        *,
+        asked: int | None,
     ) -> None:
         self.service, self.prompt, self.options, self.reader = service, prompt, options, reader
         self.deltas = deltas
+        self.asked = asked  # the client's `logprobs`: what it sees (`options` may add them for the head)
         self.queue: asyncio.Queue[ChoiceText | ChoiceDone | BaseException] = asyncio.Queue()
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -182,8 +185,9 @@ class _AnswerStream:
                 texts[i] += delta.text
                 tokens[i] += delta.tokens
                 logprobs[i].extend(delta.logprobs or ())
-                if delta.text or delta.logprobs:
-                    self.queue.put_nowait(ChoiceText(i, delta.text, delta.logprobs))
+                shown = delta.logprobs if self.asked is not None else None
+                if delta.text or shown:
+                    self.queue.put_nowait(ChoiceText(i, delta.text, shown))
                 if delta.finish_reason is not None:
                     finished += 1
                     lps = tuple(logprobs[i]) if self.options.logprobs is not None else None
@@ -196,10 +200,10 @@ class _AnswerStream:
 
     async def _score(self, index: int, completion: Completion) -> None:
         ids = await self.service.query(self.prompt.question, completion.text, param=self.prompt.param)
-        # A streamed answer without requested log-probs is scored by the head with a prefill.
         scored = Scored(self.prompt.question, completion.text, completion)
         confidence = await self.service.read_answer(ids, self.reader, scored)
-        self.queue.put_nowait(ChoiceDone(index, completion, confidence))
+        shown = completion if self.asked is not None else replace(completion, logprobs=None)
+        self.queue.put_nowait(ChoiceDone(index, shown, confidence))
 
     async def run(self) -> AsyncGenerator[ChoiceText | ChoiceDone, None]:
         try:
@@ -528,9 +532,7 @@ class ConfidenceService:
         """Generate `options.n` answers with the base model, then score them all at once
         (only the confidence query uses the adapter)."""
         self.check_fits(prompt, options)
-        asked = options.logprobs
-        if reader.head is not None and asked is None:
-            options = replace(options, logprobs=0)  # the head reads the sampled tokens' log-probs
+        asked, options = options.logprobs, self._for_head(options, reader)
         result = await self.engine.generate(prompt.ids, options, lora=None)
         queries = [await self.query(prompt.question, c.text, param=prompt.param) for c in result.completions]
         scored = [Scored(prompt.question, c.text, c) for c in result.completions]
@@ -550,8 +552,17 @@ class ConfidenceService:
             PromptTooLongError, InvalidRequestError: the prompt or the options cannot be served.
         """
         self.check_fits(prompt, options)
+        asked, options = options.logprobs, self._for_head(options, reader)
         deltas = self.engine.generate_stream(prompt.ids, options, lora=None)
-        return _AnswerStream(self, prompt, options, reader, deltas).run()
+        return _AnswerStream(self, prompt, options, reader, deltas, asked=asked).run()
+
+    @staticmethod
+    def _for_head(options: SamplingOptions, reader: ConfidenceReader) -> SamplingOptions:
+        """The head reads the sampled tokens' log-probs (no extra pass, and the same numbers
+        streamed or not): asked of the engine even when the client did not ask for them."""
+        if reader.head is None or options.logprobs is not None:
+            return options
+        return replace(options, logprobs=0)
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
         with self.reader(request.method, request.adapter, shadow=True) as reader:  # fail fast
