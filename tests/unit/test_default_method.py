@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from fastapi.testclient import TestClient
 from service.app import build_app
 from service.settings import Settings
 from tests.fake_engine import FakeEngine
+from tests.monitoring_helpers import stored_shadow_reads
 from tests.unit.conftest import wait_ready, write_adapter
 from tests.unit.test_calibrated_head import HEAD, REFERENCE
 
@@ -168,19 +168,6 @@ def load(client: TestClient, root: Path, version: str, **manifest: object) -> No
     assert loaded.status_code == 201, loaded.text
 
 
-def shadow_rows(client: TestClient, n: int) -> list[tuple[str, str, float]]:
-    path = client.app.state.settings.feedback_db_path
-    deadline = time.monotonic() + 10
-    while True:
-        with sqlite3.connect(path) as conn:
-            query = "SELECT adapter_version, method, confidence FROM confidence_shadow_outcomes"
-            rows = conn.execute(f"{query} ORDER BY item_index").fetchall()
-        if len(rows) >= n:
-            return rows
-        assert time.monotonic() < deadline, rows
-        time.sleep(0.01)
-
-
 @pytest.mark.parametrize(("head", "method"), [(True, "calibrated_head"), (False, "adapter")])
 def test_a_shadow_reads_with_the_served_method_when_it_can(client, root, engine, head, method):
     load(client, root, "v3", **({"head": HEAD} if head else {}))
@@ -188,7 +175,7 @@ def test_a_shadow_reads_with_the_served_method_when_it_can(client, root, engine,
     assert attached.status_code == 200, attached.text
     served = score(client)
     assert served["method"] == "calibrated_head" and served["adapter"]["version"] == "v2"
-    rows = shadow_rows(client, len(ITEMS))
+    rows = stored_shadow_reads(client.app.state.settings.feedback_db_path, len(ITEMS))
     assert {(v, m) for v, m, _ in rows} == {("v3", method)}
     # The shadow's confidences are what the candidate gives those items with that method.
     own = score(client, adapter="unc@v3", method=method)
