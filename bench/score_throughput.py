@@ -1,10 +1,11 @@
 """/score throughput over HTTP vs a naive per-request transformers + peft loop.
 
-Server arm: the real app (uvicorn on loopback, real vLLM engine, the adapter as served)
-under N closed-loop clients, each POSTing /score with B items, for N in 1/8/32 and B in
-1/16: items per second. Baseline: the paper's own approach, one transformers + peft
-forward per item (adapters/train.py `label_logit_gaps` with batch size 1, model and
-adapter loaded once), on the same model, adapter and items. Goal: >= 4x at 32 clients.
+Server arm: the real app (uvicorn on loopback, real vLLM engine, the adapter as served,
+method `adapter`: the baseline's method, whatever the version's default) under N closed-loop
+clients, each POSTing /score with B items, for N in 1/8/32 and B in 1/16: items per second.
+Baseline: the paper's own approach, one transformers + peft forward per item
+(adapters/train.py `label_logit_gaps` with batch size 1, model and adapter loaded once), on the
+same model, adapter and items. Goal: >= 4x at 32 clients.
 
     python -m bench.score_throughput            # full
     python -m bench.score_throughput --quick    # smoke run
@@ -43,7 +44,9 @@ async def server_arm(args: argparse.Namespace, engine: Any, pool: list[dict[str,
 
                 async def call(i: int, batch: int = batch) -> None:
                     chunk = [pool[(i * batch + j) % len(pool)] for j in range(batch)]
-                    response = await client.post("/score", json={"items": chunk})
+                    # The baseline reads LoRA + Prompt only: the same method on both arms (a
+                    # version with a head would otherwise default to it, one prefill more per item).
+                    response = await client.post("/score", json={"items": chunk, "method": "adapter"})
                     response.raise_for_status()
 
                 for clients in args.clients:
