@@ -67,6 +67,12 @@ class SamplingRequest(_Request, Selective):
         description="Extra: uncertainty adapter (name or name@version).",
     )
     method: Method = Field(default=Method.adapter, description="Extra: how the confidence is read.")
+    answer_with_adapter: bool = Field(
+        default=False,
+        description="Extra: generate the answer through the uncertainty adapter as well, so the "
+        "confidence read reuses the answer's KV cache and prefills only its own few tokens: less "
+        "overhead, but the answer can differ from the base model's (docs/benchmarks.md measures both).",
+    )
 
     @field_validator("stop")
     @classmethod
