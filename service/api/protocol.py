@@ -144,6 +144,12 @@ class GenerateRequest(_Strict, Selective):
     seed: StrictInt | None = Field(default=None, ge=0, le=2**63 - 1)
     adapter: str | None = Field(default=None, description="Uncertainty adapter; default = server default.")
     method: Method | None = Field(default=None, description=METHOD_DESCRIPTION)
+    answer_with_adapter: bool = Field(
+        default=False,
+        description="Generate the answer through the uncertainty adapter as well, so the confidence read "
+        "reuses the answer's KV cache and prefills only its own few tokens: less overhead, but the "
+        "answer can differ from the base model's (docs/benchmarks.md measures both).",
+    )
     stream: bool = Field(
         default=False,
         description="Server-sent events: `GenerateDelta`s as the text is generated, then the whole "

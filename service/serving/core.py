@@ -111,6 +111,9 @@ class Prompt:
     ids: list[int]
     question: list[cq.Message]
     param: str  # the request field it came from, for errors
+    # The chat-rendered text `ids` encode; None for raw text prompts, whose answers are
+    # scored in a query that does not extend them.
+    rendered: str | None = None
 
 
 @dataclass(frozen=True)
@@ -157,10 +160,12 @@ class _AnswerStream:
         deltas: AsyncGenerator[StreamDelta, None],
         *,
         asked: int | None,
+        base_answer: bool = True,
     ) -> None:
         self.service, self.prompt, self.options, self.reader = service, prompt, options, reader
         self.deltas = deltas
         self.asked = asked  # the client's `logprobs`: what it sees (`options` may add them for the head)
+        self.base_answer = base_answer  # else its log-probs are the adapter's, not the head's feature
         self.queue: asyncio.Queue[ChoiceText | ChoiceDone | BaseException] = asyncio.Queue()
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -178,6 +183,7 @@ class _AnswerStream:
         texts = [""] * self.options.n
         tokens = [0] * self.options.n
         logprobs: list[list[TokenLogprob]] = [[] for _ in range(self.options.n)]
+        token_ids: list[list[int]] = [[] for _ in range(self.options.n)]
         finished = 0
         async with aclosing(self.deltas) as deltas:
             async for delta in deltas:
@@ -185,13 +191,14 @@ class _AnswerStream:
                 texts[i] += delta.text
                 tokens[i] += delta.tokens
                 logprobs[i].extend(delta.logprobs or ())
+                token_ids[i].extend(delta.token_ids)
                 shown = delta.logprobs if self.asked is not None else None
                 if delta.text or shown:
                     self.queue.put_nowait(ChoiceText(i, delta.text, shown))
                 if delta.finish_reason is not None:
                     finished += 1
                     lps = tuple(logprobs[i]) if self.options.logprobs is not None else None
-                    done = Completion(texts[i], delta.finish_reason, tokens[i], lps)
+                    done = Completion(texts[i], delta.finish_reason, tokens[i], lps, tuple(token_ids[i]))
                     self._spawn(self._score(i, done))
         if finished < self.options.n:  # else `run` would wait for a choice that never ends
             raise ServiceError(
@@ -199,8 +206,10 @@ class _AnswerStream:
             )
 
     async def _score(self, index: int, completion: Completion) -> None:
-        ids = await self.service.query(self.prompt.question, completion.text, param=self.prompt.param)
-        scored = Scored(self.prompt.question, completion.text, completion)
+        ids = await self.service.answer_query(self.prompt, completion)
+        # Generated through the adapter, its log-probs are not the base model's: the head then
+        # reads a base prefill.
+        scored = Scored(self.prompt.question, completion.text, completion if self.base_answer else None)
         confidence = await self.service.read_answer(ids, self.reader, scored)
         shown = completion if self.asked is not None else replace(completion, logprobs=None)
         self.queue.put_nowait(ChoiceDone(index, shown, confidence))
@@ -428,6 +437,26 @@ class ConfidenceService:
             )
         return ids
 
+    async def answer_query(self, prompt: Prompt, completion: Completion) -> list[int]:
+        """The confidence query of a generated answer, built on the generation's own token
+        ids where it extends them (`cq.spliced_query_ids`: the base model's reads then hit
+        vLLM's prefix cache for prompt + answer), else tokenized from the text."""
+        if prompt.rendered is not None and completion.token_ids:
+            tokenizer, rendered = self.engine.tokenizer, prompt.rendered
+            spliced = await self._off_loop(
+                lambda: cq.spliced_query_ids(
+                    tokenizer,
+                    prompt.question,
+                    completion.text,
+                    prompt_text=rendered,
+                    prompt_ids=prompt.ids,
+                    answer_ids=completion.token_ids,
+                )
+            )
+            if spliced is not None and len(spliced) < self.limits.max_model_len:
+                return spliced
+        return await self.query(prompt.question, completion.text, param=prompt.param)
+
     async def gap(self, query_ids: list[int], reader: ConfidenceReader) -> float:
         """logit(yes) - logit(no) of the confidence query (no temperature applied)."""
         lp_no, lp_yes = await self.engine.next_token_logprobs(
@@ -508,8 +537,9 @@ class ConfidenceService:
         """A chat ending in a user turn, rendered with the model's chat template (off the loop)."""
         self.check_input_chars([m["content"] for m in chat], param=param)
         tokenizer = self.engine.tokenizer
-        ids = await self._off_loop(lambda: cq.encode_rendered(tokenizer, cq.render(tokenizer, chat)))
-        return Prompt(ids, chat, param)
+        rendered = await self._off_loop(lambda: cq.render(tokenizer, chat))
+        ids = await self._off_loop(lambda: cq.encode_rendered(tokenizer, rendered))
+        return Prompt(ids, chat, param, rendered)
 
     async def text_prompt(self, text: str, *, param: str) -> Prompt:
         """Raw text continued as is (no chat template), as OpenAI's completions API does; its
@@ -528,21 +558,56 @@ class ConfidenceService:
                 param=prompt.param,
             )
 
-    async def answer(self, prompt: Prompt, options: SamplingOptions, reader: ConfidenceReader) -> Answers:
-        """Generate `options.n` answers with the base model, then score them all at once
-        (only the confidence query uses the adapter)."""
+    async def answer(
+        self,
+        prompt: Prompt,
+        options: SamplingOptions,
+        reader: ConfidenceReader,
+        *,
+        answer_with_adapter: bool = False,
+    ) -> Answers:
+        """Generate `options.n` answers, then score them all at once. The answer comes from
+        the base model; only the confidence query uses the adapter, unless the caller opted
+        into `answer_with_adapter`: then the answer is generated through the adapter too, so
+        the query under it finds prompt + answer in the prefix cache and only its own few
+        tokens are prefilled (faster; the answer can differ from the base model's)."""
         self.check_fits(prompt, options)
-        asked, options = options.logprobs, self._for_head(options, reader)
-        result = await self.engine.generate(prompt.ids, options, lora=None)
-        queries = [await self.query(prompt.question, c.text, param=prompt.param) for c in result.completions]
-        scored = [Scored(prompt.question, c.text, c) for c in result.completions]
+        lora = self.answer_lora(reader, answer_with_adapter)
+        asked = options.logprobs
+        if lora is None:
+            options = self._for_head(options, reader)
+        result = await self.engine.generate(prompt.ids, options, lora=lora)
+        queries = [await self.answer_query(prompt, c) for c in result.completions]
+        # The head's likelihood features are the base model's: log-probs sampled through the
+        # adapter are not, so then they come from a base prefill instead.
+        scored = [
+            Scored(prompt.question, c.text, c if lora is None else replace(c, logprobs=None))
+            for c in result.completions
+        ]
         scores, shadow = await self.read_all(queries, reader, scored)
         completions = [c if asked is not None else replace(c, logprobs=None) for c in result.completions]
         choices = [Answer(c, s) for c, s in zip(completions, scores, strict=True)]
         return Answers(result.prompt_tokens, choices, shadow)
 
+    @staticmethod
+    def answer_lora(reader: ConfidenceReader, answer_with_adapter: bool) -> LoRA | None:
+        if not answer_with_adapter:
+            return None
+        if reader.lora is None:
+            raise InvalidRequestError(
+                "answer_with_adapter needs a method that reads through an adapter; "
+                f"method '{reader.method.value}' uses none",
+                param="answer_with_adapter",
+            )
+        return reader.lora
+
     def answer_stream(
-        self, prompt: Prompt, options: SamplingOptions, reader: ConfidenceReader
+        self,
+        prompt: Prompt,
+        options: SamplingOptions,
+        reader: ConfidenceReader,
+        *,
+        answer_with_adapter: bool = False,
     ) -> AsyncGenerator[ChoiceText | ChoiceDone, None]:
         """Text as it is generated, then per choice a `ChoiceDone` with its confidence. Each
         choice's confidence read starts the moment that choice ends, while the others may
@@ -552,9 +617,13 @@ class ConfidenceService:
             PromptTooLongError, InvalidRequestError: the prompt or the options cannot be served.
         """
         self.check_fits(prompt, options)
-        asked, options = options.logprobs, self._for_head(options, reader)
-        deltas = self.engine.generate_stream(prompt.ids, options, lora=None)
-        return _AnswerStream(self, prompt, options, reader, deltas, asked=asked).run()
+        lora = self.answer_lora(reader, answer_with_adapter)
+        asked = options.logprobs
+        if lora is None:
+            options = self._for_head(options, reader)
+        deltas = self.engine.generate_stream(prompt.ids, options, lora=lora)
+        stream = _AnswerStream(self, prompt, options, reader, deltas, asked=asked, base_answer=lora is None)
+        return stream.run()
 
     @staticmethod
     def _for_head(options: SamplingOptions, reader: ConfidenceReader) -> SamplingOptions:
@@ -582,7 +651,7 @@ class ConfidenceService:
 
     async def _generate(self, request: GenerateRequest, reader: ConfidenceReader) -> GenerateResponse:
         prompt, options = await self.generate_inputs(request)
-        answers = await self.answer(prompt, options, reader)
+        answers = await self.answer(prompt, options, reader, answer_with_adapter=request.answer_with_adapter)
         choice = answers.choices[0]
         response_id = _generate_id()
         self._emit_shadow(response_id, "generate", reader, answers.shadow)
@@ -591,11 +660,17 @@ class ConfidenceService:
         )
 
     def generate_stream(
-        self, prompt: Prompt, options: SamplingOptions, reader: ConfidenceReader
+        self,
+        prompt: Prompt,
+        options: SamplingOptions,
+        reader: ConfidenceReader,
+        *,
+        answer_with_adapter: bool = False,
     ) -> AsyncGenerator[GenerateDelta | GenerateResponse, None]:
         """/generate's stream: the answer in pieces as generated, then the whole response.
         Raises like `answer_stream`, at the call."""
-        return _generate_events(self.answer_stream(prompt, options, reader), len(prompt.ids), reader)
+        events = self.answer_stream(prompt, options, reader, answer_with_adapter=answer_with_adapter)
+        return _generate_events(events, len(prompt.ids), reader)
 
     def check_items(self, request: ScoreRequest) -> None:
         if len(request.items) > self.limits.max_score_items:

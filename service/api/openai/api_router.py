@@ -147,7 +147,11 @@ class _Serve:
             self.service.reader(self.request.method, call.adapter) as reader,
         ):
             self.labels.note(reader.method.value, self.request.adapter)
-            answers = await self.deadline.within(self.service.answer(call.prompt, call.options, reader))
+            answers = await self.deadline.within(
+                self.service.answer(
+                    call.prompt, call.options, reader, answer_with_adapter=self.request.answer_with_adapter
+                )
+            )
         self.monitor.count_tokens(
             answers.prompt_tokens, sum(a.completion.completion_tokens for a in answers.choices)
         )
@@ -165,7 +169,9 @@ class _Serve:
                 self.service.reader(self.request.method, call.adapter)
             )
             self.labels.note(reader.method.value, self.request.adapter)
-            events = self.service.answer_stream(call.prompt, call.options, reader)  # may raise a 4xx
+            events = self.service.answer_stream(  # may raise a 4xx
+                call.prompt, call.options, reader, answer_with_adapter=self.request.answer_with_adapter
+            )
 
             self.monitor.count_tokens(len(call.prompt.ids), 0)
 

@@ -69,6 +69,12 @@ class SamplingRequest(_Request, Selective):
         description="Extra: uncertainty adapter (name or name@version).",
     )
     method: Method | None = Field(default=None, description=f"Extra: {METHOD_DESCRIPTION}")
+    answer_with_adapter: bool = Field(
+        default=False,
+        description="Extra: generate the answer through the uncertainty adapter as well, so the "
+        "confidence read reuses the answer's KV cache and prefills only its own few tokens: less "
+        "overhead, but the answer can differ from the base model's (docs/benchmarks.md measures both).",
+    )
 
     @field_validator("stop")
     @classmethod

@@ -42,7 +42,10 @@ async def generate(
             reader = resources.enter_context(service.reader(request.method, request.adapter))
             labels.note(reader.method.value, request.adapter)
             prompt, options = await service.generate_inputs(request)
-            events = _recorded(service.generate_stream(prompt, options, reader), request, monitor, selective)
+            stream = service.generate_stream(
+                prompt, options, reader, answer_with_adapter=request.answer_with_adapter
+            )
+            events = _recorded(stream, request, monitor, selective)
             return EventStream(framed(deadline.stream(events), _error_frame), resources=resources)
     with admission.admit(1):
         response = await deadline.within(service.generate(request))
