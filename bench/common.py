@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import statistics
@@ -213,6 +214,11 @@ class Timing:
     latencies: list[float]
     wall_s: float
 
+    @classmethod
+    def merged(cls, timings: Sequence[Timing]) -> Timing:
+        """Several runs of one arm as one."""
+        return cls([x for t in timings for x in t.latencies], sum(t.wall_s for t in timings))
+
     def summary(self) -> dict[str, float]:
         lat = sorted(self.latencies)
         return {
@@ -234,14 +240,23 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-async def closed_loop(call: Callable[[int], Awaitable[Any]], *, requests: int, concurrency: int) -> Timing:
+async def closed_loop(
+    call: Callable[[int], Awaitable[Any]],
+    *,
+    concurrency: int,
+    requests: int | None = None,
+    seconds: float | None = None,
+) -> Timing:
     """`concurrency` clients, each sending its next request as soon as the last returns,
-    until `requests` have been sent; request i gets argument i."""
+    until `requests` have been sent and/or `seconds` have passed; request i gets argument i."""
     latencies: list[float] = []
-    counter = iter(range(requests))
+    counter = iter(range(requests if requests is not None else sys.maxsize))
+    deadline = time.perf_counter() + seconds if seconds is not None else float("inf")
 
     async def client() -> None:
         for i in counter:
+            if time.perf_counter() > deadline:
+                return
             started = time.perf_counter()
             await call(i)
             latencies.append(time.perf_counter() - started)
@@ -341,3 +356,63 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def model_dir_for(args: argparse.Namespace) -> str:
+    """The model directory a benchmark's engine loads (the embedded default if none given)."""
+    from service.serving.lifecycle import resolve_model
+
+    return str(args.model or resolve_model(settings_for(args)))
+
+
+def non_embedding_parameters(model_dir: str) -> int:
+    """Parameters a token's forward pass multiplies through: all but the embedding table and
+    the output head (a prefill computes logits for its last position only)."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(path), "pt") as weights:
+            for name in weights.keys():  # noqa: SIM118 - safe_open is not a mapping
+                if "embed_tokens" in name or "lm_head" in name:
+                    continue
+                total += math.prod(weights.get_slice(name).get_shape())
+    return total
+
+
+def achieved(tokens_per_s: float, parameters: int, peak_flops: float) -> dict[str, float]:
+    """Achieved FLOP/s (2 per parameter per token) and its fraction of the measured peak."""
+    flops = tokens_per_s * 2 * parameters
+    return {"tokens_per_s": tokens_per_s, "flops": flops, "fraction_of_peak": flops / peak_flops}
+
+
+class QuestionPool:
+    """Distinct open questions (TriviaQA and NQ-Open, from the graded file), each handed out
+    once: no request finds another's prompt in vLLM's prefix cache, as in real traffic
+    (repeating a few questions would let the confidence read reuse an earlier request's
+    blocks and flatter it)."""
+
+    SOURCES = ("triviaqa", "nq_open")
+
+    def __init__(self) -> None:
+        from adapters.data import read_graded_jsonl
+
+        self._questions = sorted(
+            {r.question for r in read_graded_jsonl(GRADED) if r.source in self.SOURCES},
+            key=lambda q: hash_order(q),
+        )
+        self._next = 0
+
+    def take(self, n: int) -> list[str]:
+        if self._next + n > len(self._questions):
+            raise RuntimeError(f"the benchmark needs more than {len(self._questions)} distinct questions")
+        taken = self._questions[self._next : self._next + n]
+        self._next += n
+        return taken
+
+
+def hash_order(text: str) -> str:
+    """A fixed pseudo-random order (Python's own hash is salted per process)."""
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()

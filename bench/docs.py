@@ -33,20 +33,45 @@ def md(columns: list[str], rows: list[list[Any]]) -> list[str]:
     return out
 
 
+OVERHEAD_ARMS = {
+    "plain": "plain generation",
+    "confidence": "method adapter (LoRA + Prompt)",
+    "head": "method calibrated_head",
+    "zero_shot": "method zero_shot (base model read)",
+    "cached": "adapter, answer_with_adapter",
+}
+
+
 def overhead(r: dict[str, Any]) -> list[str]:
     rows = []
     for clients, s in r["clients"].items():
-        plain, conf = s["plain"], s["confidence"]
-        rows.append([clients, plain["mean_s"], conf["mean_s"], s["latency_ratio"]])
-        rows[-1] += [plain["throughput_rps"], conf["throughput_rps"], s["throughput_ratio"]]
+        plain = s["plain"]
+        for arm, label in OVERHEAD_ARMS.items():
+            if arm not in s:
+                continue
+            a = s[arm]
+            hits = a.get("prefix_cache_hit_rate", {})
+            rows.append(
+                [
+                    clients,
+                    label,
+                    a["mean_s"],
+                    a["p50_s"],
+                    a["mean_s"] / plain["mean_s"],
+                    a["throughput_rps"],
+                    plain["throughput_rps"] / a["throughput_rps"],
+                    ", ".join(f"{k} {v:.0%}" for k, v in sorted(hits.items())) or None,
+                ]
+            )
     cols = [
         "clients",
-        "plain mean s",
-        "confidence mean s",
+        "arm",
+        "mean s",
+        "p50 s",
         "latency ratio",
-        "plain req/s",
-        "conf. req/s",
-        "ratio",
+        "req/s",
+        "throughput ratio",
+        "prefix cache hits",
     ]
     return md(cols, rows)
 
@@ -60,11 +85,71 @@ def vs_sampling(r: dict[str, Any]) -> list[str]:
 def score_throughput(r: dict[str, Any]) -> list[str]:
     naive = r["naive_transformers_peft"]["items_per_s"]
     rows = [
-        [p["clients"], p["batch"], p["items_per_s"], p["items_per_s"] / naive, p["p99_s"]]
+        [
+            p["clients"],
+            p["batch"],
+            p["items_per_s"],
+            p["items_per_s"] / naive,
+            p["p99_s"],
+            p.get("compute", {}).get("fraction_of_peak"),
+        ]
         for p in r["server"].values()
     ]
-    rows.append(["naive transformers+peft loop", 1, naive, 1.0, None])
-    return md(["clients", "items/request", "items/s", "x naive", "p99 s"], rows)
+    rows.append(["naive transformers+peft loop", 1, naive, 1.0, None, None])
+    lines = md(["clients", "items/request", "items/s", "x naive", "p99 s", "of peak FLOP/s"], rows)
+    if "peak" in r:
+        dtypes = ", ".join(f"{d} {p['flops'] / 1e9:.0f} GFLOP/s" for d, p in r["peak"]["dtypes"].items())
+        lines += [
+            "",
+            f"Peak (matmul, same run): {dtypes}; {r['query_tokens_per_item']:.0f} query tokens per item, "
+            f"{r['non_embedding_parameters'] / 1e6:.0f} M non-embedding parameters.",
+        ]
+    return lines
+
+
+def overhead_profile(r: dict[str, Any]) -> list[str]:
+    total = r["mean_s"]["service"]
+    rows = [[part, v, v / total] for part, v in r["breakdown_s"].items()]
+    rows.append(["total (service)", total, 1.0])
+    steps = ", ".join(f"{k} {v:.2f} s" for k, v in r["mean_s"].items())
+    t = r["tokens_per_request"]
+    note = (
+        f"One wave of {r['clients']} requests, {r['max_tokens']} new tokens, "
+        f"mean of {len(r['rounds'])} rounds "
+        f"({steps}). Tokens per request: prompt {t['prompt']:.0f}, answer {t['answer']:.0f}, "
+        f"confidence query {t['query']:.0f}. Service {r['service_ratio']:.2f}x plain; answers plus the "
+        f"confidence prefills run alone, one after the other: {r['limit_ratio']:.2f}x."
+    )
+    return [*md(["part", "seconds", "share"], rows), "", note]
+
+
+def roofline(r: dict[str, Any]) -> list[str]:
+    rows = [[d, p["n"], p["flops"] / 1e9] for d, p in r["dtypes"].items()]
+    note = f"{r['threads']} threads on {r['device']}; the engine runs {r['engine_dtype']}."
+    return [*md(["dtype", "matrix n", "GFLOP/s"], rows), "", note]
+
+
+def scaling(r: dict[str, Any]) -> list[str]:
+    from bench import scaling as bench_scaling
+
+    table = md(bench_scaling.COLUMNS, bench_scaling.rows(r))
+    return [*table, "", f"Confidence method: `{r['method']}`.", "", f"![scaling](../{r['plot']})"]
+
+
+def cpu_threads(r: dict[str, Any]) -> list[str]:
+    rows = [
+        [
+            name,
+            x["score_items_per_s"],
+            x["single_item_idle"]["p50_s"],
+            x["single_item_idle"]["p99_s"],
+            x["health_under_load"]["p50_s"],
+            x["health_under_load"]["p99_s"],
+        ]
+        for name, x in r["settings"].items()
+    ]
+    cols = ["setting", "/score items/s (8 clients x 16)", "1-item p50 s", "1-item p99 s"]
+    return md([*cols, "/health p50 s (loaded)", "/health p99 s (loaded)"], rows)
 
 
 def quality(r: dict[str, Any]) -> list[str]:
@@ -115,7 +200,11 @@ def openai_vs_vllm(r: dict[str, Any]) -> list[str]:
 
 
 SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
+    "roofline": ("Machine peak (matmul roofline)", roofline),
+    "cpu_threads": ("CPU thread binding", cpu_threads),
     "overhead": ("Confidence overhead (goal ≤ 1.15)", overhead),
+    "overhead_profile": ("Where the overhead goes at 16 clients", overhead_profile),
+    "scaling": ("Growth with concurrency and answer length", scaling),
     "vs_sampling": ("Versus sampling self-consistency", vs_sampling),
     "score_throughput": ("/score throughput (goal ≥ 4x at 32 clients)", score_throughput),
     "quality": ("Held-out quality", quality),
@@ -124,6 +213,42 @@ SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "load_test": ("Load test", load_test),
     "openai_vs_vllm": ("/v1/chat/completions with confidence vs vLLM's OpenAI server", openai_vs_vllm),
 }
+
+
+# The headline figure of each benchmark that `bench/run_all --repeats` runs again, to show
+# how much a figure moves between runs on the same machine.
+KEY_FIGURES: dict[str, tuple[str, Callable[[dict[str, Any]], float]]] = {
+    "roofline": ("bfloat16 matmul GFLOP/s", lambda r: r["dtypes"]["bfloat16"]["flops"] / 1e9),
+    "lora_cost": (
+        "LoRA/base prefill, batch 16",
+        lambda r: r["arms"]["patched"]["batch"]["16"]["lora_over_base"],
+    ),
+    "overhead": ("latency ratio, 16 clients", lambda r: r["clients"]["16"]["latency_ratio"]),
+    "hot_swap": ("p99 s during the swap", lambda r: r["during_swap"]["p99_s"]),
+}
+
+
+def spread(results_dir: Path) -> list[str]:
+    """Min/max of each key figure over the main run and its repeats (results_dir/repeats/)."""
+    rows = []
+    for name, (label, figure) in KEY_FIGURES.items():
+        runs = [results_dir / f"{name}.json", *sorted((results_dir / "repeats").glob(f"{name}-*.json"))]
+        values = [figure(json.loads(p.read_text())) for p in runs if p.is_file()]
+        if len(values) > 1:
+            rows.append(
+                [name, label, len(values), min(values), max(values), " / ".join(f"{v:.3g}" for v in values)]
+            )
+    if not rows:
+        return []
+    return [
+        "### Run-to-run spread",
+        "",
+        *md(["benchmark", "figure", "runs", "min", "max", "each run"], rows),
+        "",
+        "The repeats (`bench/run_all --repeats`) run the same command again right after the full run;"
+        " the overhead repeats at 16 clients only, 32 requests per arm.",
+        "",
+    ]
 
 
 def render(results_dir: Path = RESULTS_DIR) -> str:
@@ -141,7 +266,10 @@ def render(results_dir: Path = RESULTS_DIR) -> str:
         versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
         quick = " — **quick smoke run, not a result**" if r.get("quick") else ""
         lines += fmt(r)
-        lines += ["", f"_{r['finished_at']} on {where} ({versions}); `{r['command']}`{quick}_", ""]
+        load = m.get("load_average")
+        at_load = f", load average {load[0]:.2f} at the end" if load else ""
+        lines += ["", f"_{r['finished_at']} on {where} ({versions}{at_load}); `{r['command']}`{quick}_", ""]
+    lines += spread(results_dir)
     lines.append(END)
     return "\n".join(lines)
 

@@ -30,7 +30,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from bench.common import QUESTIONS, in_process_service, parser, publish, settings_for, table
+from bench.common import QuestionPool, in_process_service, parser, publish, settings_for, table
 
 NAME = "lora_cost"
 PLUGIN = "confidence_cpu_lora"
@@ -60,18 +60,16 @@ async def measure_arm(args: argparse.Namespace, engine: Any = None) -> dict[str,
         adapter = service.registry.default_adapter()
         assert adapter is not None, f"no servable adapter at {args.adapter}"
         tok, labels = service.engine.tokenizer, [service.labels.no_id, service.labels.yes_id]
-        queries = [
-            cq.query_ids(tok, [{"role": "user", "content": q}], "I believe it is 42.") for q in QUESTIONS
-        ]
+        pool = QuestionPool()
 
         async def batch(size: int, lora: Any) -> float:
+            # Fresh questions every time: a query seen before would be served from the prefix cache.
+            queries = [
+                cq.query_ids(tok, [{"role": "user", "content": q}], "I believe it is 42.")
+                for q in pool.take(size)
+            ]
             started = time.perf_counter()
-            await asyncio.gather(
-                *(
-                    service.engine.next_token_logprobs(queries[i % len(queries)], labels, lora=lora)
-                    for i in range(size)
-                )
-            )
+            await asyncio.gather(*(service.engine.next_token_logprobs(q, labels, lora=lora) for q in queries))
             return time.perf_counter() - started
 
         sizes: dict[str, Any] = {}

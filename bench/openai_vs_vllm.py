@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    QUESTIONS,
+    QuestionPool,
     Script,
     Timing,
     closed_loop,
@@ -51,7 +51,7 @@ def vllm_command(model: str, port: int, args: argparse.Namespace, served_name: s
     from vllm.platforms import current_platform
 
     from service.engine.cpu import cpu_has_native_bf16
-    from service.engine.vllm_engine import DEFAULT_CPU_KV_CACHE_GIB
+    from service.engine.vllm_engine import DEFAULT_CPU_BLOCK_SIZE, DEFAULT_CPU_KV_CACHE_GIB
 
     command = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
@@ -64,7 +64,20 @@ def vllm_command(model: str, port: int, args: argparse.Namespace, served_name: s
         command += ["--kv-cache-memory-bytes", str(int(kv_gib * (1 << 30)))]
     if on_cpu and not cpu_has_native_bf16():
         command += ["--dtype", "float32"]  # as VLLMEngine does: emulated bf16 is slower
+    if on_cpu:
+        command += ["--block-size", str(DEFAULT_CPU_BLOCK_SIZE)]  # as VLLMEngine does
     return command
+
+
+def vllm_environment() -> dict[str, str]:
+    """The service's CPU thread binding for vLLM's server too (`thread_defaults`), so both
+    arms use the same cores."""
+    from vllm.platforms import current_platform
+
+    from service.engine.cpu import thread_defaults, usable_cpus
+
+    extra = thread_defaults(os.environ, usable_cpus()) if current_platform.is_cpu() else {}
+    return {**os.environ, **extra}
 
 
 @asynccontextmanager
@@ -74,7 +87,10 @@ async def vllm_server(model: str, args: argparse.Namespace, served_name: str) ->
     log = Path(tempfile.mkdtemp(prefix="bench-vllm-")) / "server.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            vllm_command(model, port, args, served_name), stdout=out, stderr=subprocess.STDOUT
+            vllm_command(model, port, args, served_name),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=vllm_environment(),
         )
     url = f"http://127.0.0.1:{port}"
 
@@ -91,12 +107,12 @@ async def vllm_server(model: str, args: argparse.Namespace, served_name: str) ->
 
 
 def chat_call(
-    client: Any, model: str, max_tokens: int, confidences: list[float]
+    client: Any, model: str, max_tokens: int, confidences: list[float], questions: list[str]
 ) -> Callable[[int], Awaitable[None]]:
     async def call(i: int) -> None:
         body = {
             "model": model,
-            "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+            "messages": [{"role": "user", "content": questions[i]}],
             "max_tokens": max_tokens,
             "temperature": 0,
         }
@@ -109,16 +125,21 @@ def chat_call(
     return call
 
 
-async def run_arm(url: str, model: str, args: argparse.Namespace) -> dict[str, Any]:
+async def run_arm(
+    url: str, model: str, args: argparse.Namespace, questions: dict[int, tuple[list[str], list[str]]]
+) -> dict[str, Any]:
+    """`questions[clients]`: (warm-up, measured) questions; both arms get the same ones."""
     import httpx
 
     rows: dict[str, Any] = {}
     confidences: list[float] = []
     limits = httpx.Limits(max_connections=max(args.clients) + 4)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
-        call = chat_call(client, model, args.max_tokens, confidences)
         for clients in args.clients:
+            warm, measured = questions[clients]
+            call = chat_call(client, model, args.max_tokens, confidences, warm)
             await closed_loop(call, requests=clients, concurrency=clients)  # warm this batch size
+            call = chat_call(client, model, args.max_tokens, confidences, measured)
             timing: Timing = await closed_loop(call, requests=args.requests, concurrency=clients)
             rows[str(clients)] = timing.summary()
     return {"clients": rows, "confidences_returned": len(confidences)}
@@ -130,10 +151,13 @@ async def measure(args: argparse.Namespace, engine: Any = None) -> dict[str, Any
     model = args.model or await asyncio.to_thread(resolve_model, settings_for(args))
     name = Path(model).name
     settings = settings_for(args, served_model_name=name, max_tokens_limit=max(args.max_tokens, 1024))
+    # Distinct questions (no request finds another's prompt cached), the same for both arms.
+    pool = QuestionPool()
+    questions = {c: (pool.take(c), pool.take(args.requests)) for c in args.clients}
     async with vllm_server(model, args, name) as url:
-        vllm = await run_arm(url, name, args)
+        vllm = await run_arm(url, name, args, questions)
     async with http_server(settings, engine) as url:
-        ours = await run_arm(url, name, args)
+        ours = await run_arm(url, name, args, questions)
     ratios = {}
     for clients in map(str, args.clients):
         mine, theirs = ours["clients"][clients], vllm["clients"][clients]

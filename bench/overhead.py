@@ -5,9 +5,14 @@ greedy settings: "plain" is `engine.generate` on the rendered prompt (what the s
 does before reading the confidence), "confidence" is `ConfidenceService.generate` with
 method "adapter" (the answer plus the LoRA confidence query), "head" the same with method
 "calibrated_head" (plus the sampled tokens' log-probs and the head's arithmetic; needs a
-default adapter version with a head). HTTP is left out on purpose: it costs every arm the
-same. Arms alternate (plain, confidence, head, head, confidence, plain) to cancel drift.
-Goal: latency ratio <= 1.15; the head should cost no more than "confidence".
+default adapter version with a head), "zero_shot" the query read by the base model (its
+ids extend the generation's, so vLLM's prefix cache holds prompt + answer), and "cached"
+method "adapter" with `answer_with_adapter` (the answer generated through the adapter, so
+the adapter's read finds prompt + answer cached: the limit of the query's own prefill).
+HTTP is left out on purpose: it costs every arm the same. Arms run in a palindrome
+(plain, confidence, ..., confidence, plain) to cancel drift. Each arm reports the prefix
+cache hit rate of its engine requests. Goal: latency ratio <= 1.15; the head should cost
+no more than "confidence".
 
     python -m bench.overhead            # full: 64 requests per arm, 1 and 16 clients
     python -m bench.overhead --quick    # smoke run
@@ -19,7 +24,7 @@ import argparse
 from typing import Any
 
 from bench.common import (
-    QUESTIONS,
+    QuestionPool,
     Script,
     Timing,
     closed_loop,
@@ -40,22 +45,27 @@ async def measure(args: argparse.Namespace, engine: Any = None) -> dict[str, Any
     settings = settings_for(
         args, default_max_tokens=args.max_tokens, max_tokens_limit=max(args.max_tokens, 1024)
     )
+    pool = QuestionPool()
+    # Each run of an arm asks questions no other request asked (see QuestionPool).
+    current: list[str] = pool.take(max(args.clients))
     async with in_process_service(settings, engine) as (service, _):
         tokenizer = service.engine.tokenizer
-        prompts = [
-            cq.encode_rendered(tokenizer, cq.render(tokenizer, [{"role": "user", "content": q}]))
-            for q in QUESTIONS
-        ]
         options = SamplingOptions(max_tokens=args.max_tokens)
 
         async def plain(i: int) -> None:
-            await service.engine.generate(prompts[i % len(prompts)], options)
+            chat = [{"role": "user", "content": current[i]}]
+            await service.engine.generate(cq.encode_rendered(tokenizer, cq.render(tokenizer, chat)), options)
 
-        def with_method(method: Method) -> Any:
+        def with_method(method: Method, answer_with_adapter: bool = False) -> Any:
             async def arm(i: int) -> None:
-                question = QUESTIONS[i % len(QUESTIONS)]
+                question = current[i]
                 await service.generate(
-                    GenerateRequest(prompt=question, max_tokens=args.max_tokens, method=method)
+                    GenerateRequest(
+                        prompt=question,
+                        max_tokens=args.max_tokens,
+                        method=method,
+                        answer_with_adapter=answer_with_adapter,
+                    )
                 )
 
             return arm
@@ -64,6 +74,8 @@ async def measure(args: argparse.Namespace, engine: Any = None) -> dict[str, Any
             "plain": plain,
             "confidence": with_method(Method.adapter),
             "head": with_method(Method.calibrated_head),
+            "zero_shot": with_method(Method.zero_shot),
+            "cached": with_method(Method.adapter, answer_with_adapter=True),
         }
         try:
             await arms["head"](0)
@@ -71,19 +83,35 @@ async def measure(args: argparse.Namespace, engine: Any = None) -> dict[str, Any
             del arms["head"]
         rows: dict[str, dict[str, Any]] = {}
         for clients in args.clients:
+            current[:] = pool.take(clients)
             await closed_loop(plain, requests=clients, concurrency=clients)  # warm this batch size
             runs: dict[str, list[Timing]] = {arm: [] for arm in arms}
-            order = ("plain", "confidence", "head", "head", "confidence", "plain")
+            cache: dict[str, dict[str, list[int]]] = {arm: {} for arm in arms}
+            order = [*ARMS, *reversed(ARMS)]
             for arm in (a for a in order if a in arms):
+                current[:] = pool.take(args.requests // 2)
+                prefix_cache = getattr(service.engine, "prefix_cache", None)
+                if prefix_cache is not None:
+                    prefix_cache.clear()
                 runs[arm].append(
                     await closed_loop(arms[arm], requests=args.requests // 2, concurrency=clients)
                 )
-            summary: dict[str, Any] = {arm: merge(timings).summary() for arm, timings in runs.items()}
+                for kind, stats in (prefix_cache or {}).items():
+                    seen = cache[arm].setdefault(kind, [0, 0])
+                    seen[0] += stats.prompt_tokens
+                    seen[1] += stats.cached_tokens
+            summary: dict[str, Any] = {arm: Timing.merged(timings).summary() for arm, timings in runs.items()}
+            for arm, kinds in cache.items():
+                summary[arm]["prefix_cache_hit_rate"] = {
+                    k: c / p if p else 0.0 for k, (p, c) in kinds.items()
+                }
             summary["latency_ratio"] = summary["confidence"]["mean_s"] / summary["plain"]["mean_s"]
             summary["p50_ratio"] = summary["confidence"]["p50_s"] / summary["plain"]["p50_s"]
             summary["throughput_ratio"] = (
                 summary["plain"]["throughput_rps"] / summary["confidence"]["throughput_rps"]
             )
+            for arm in ("zero_shot", "cached"):
+                summary[f"{arm}_latency_ratio"] = summary[arm]["mean_s"] / summary["plain"]["mean_s"]
             if "head" in summary:
                 summary["head_latency_ratio"] = summary["head"]["mean_s"] / summary["plain"]["mean_s"]
                 summary["head_vs_adapter_ratio"] = summary["head"]["mean_s"] / summary["confidence"]["mean_s"]
@@ -96,26 +124,47 @@ async def measure(args: argparse.Namespace, engine: Any = None) -> dict[str, Any
     }
 
 
-def merge(timings: list[Timing]) -> Timing:
-    return Timing([x for t in timings for x in t.latencies], sum(t.wall_s for t in timings))
+ARMS = ("plain", "confidence", "head", "zero_shot", "cached")
 
 
 def report(result: dict[str, Any]) -> None:
     rows = []
     for clients, s in result["clients"].items():
-        for arm in (a for a in ("plain", "confidence", "head") if a in s):
+        for arm in (a for a in ARMS if a in s):
+            hits = s[arm].get("prefix_cache_hit_rate", {})
             rows.append(
-                [clients, arm, s[arm]["mean_s"], s[arm]["p50_s"], s[arm]["p99_s"], s[arm]["throughput_rps"]]
+                [
+                    clients,
+                    arm,
+                    s[arm]["mean_s"],
+                    s[arm]["p50_s"],
+                    s[arm]["p99_s"],
+                    s[arm]["throughput_rps"],
+                    ", ".join(f"{k} {v:.0%}" for k, v in sorted(hits.items())) or None,
+                ]
             )
         rows.append(
-            [clients, "ratio (conf/plain)", s["latency_ratio"], s["p50_ratio"], None, s["throughput_ratio"]]
+            [
+                clients,
+                "ratio (conf/plain)",
+                s["latency_ratio"],
+                s["p50_ratio"],
+                None,
+                s["throughput_ratio"],
+                None,
+            ]
         )
+        for arm in ("zero_shot", "cached"):
+            if f"{arm}_latency_ratio" in s:
+                rows.append(
+                    [clients, f"ratio ({arm}/plain)", s[f"{arm}_latency_ratio"], None, None, None, None]
+                )
         if "head" in s:
-            rows.append([clients, "ratio (head/plain)", s["head_latency_ratio"], None, None, None])
-            rows.append([clients, "ratio (head/conf)", s["head_vs_adapter_ratio"], None, None, None])
+            rows.append([clients, "ratio (head/plain)", s["head_latency_ratio"], None, None, None, None])
+            rows.append([clients, "ratio (head/conf)", s["head_vs_adapter_ratio"], None, None, None, None])
     table(
         "Confidence overhead (goal: ratio <= 1.15)",
-        ["clients", "arm", "mean s", "p50 s", "p99 s", "req/s"],
+        ["clients", "arm", "mean s", "p50 s", "p99 s", "req/s", "prefix cache hits"],
         rows,
     )
 

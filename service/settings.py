@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     dtype: str = "auto"
     seed: int = 0
     enforce_eager: bool = False
+    kv_block_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="Tokens per KV-cache block (vLLM block_size; prefix caching reuses whole blocks). "
+        "Default: 32 on CPU (vLLM's 128 leaves a short prompt + answer no full block to reuse), "
+        "vLLM's own default on GPU.",
+    )
 
     default_max_tokens: int = Field(default=128, ge=1)
     max_tokens_limit: int = Field(default=1024, ge=1, description="Largest max_tokens a request may ask.")

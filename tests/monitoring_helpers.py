@@ -1,11 +1,14 @@
-"""Shared by the monitoring tests: a longhand calibration computation, and running the
-Prometheus rules with promtool on series scraped from the service's real /metrics output."""
+"""Shared by the monitoring tests: a longhand calibration computation, running the
+Prometheus rules with promtool on series scraped from the service's real /metrics output, and
+reading the shadow reads a service stored in its SQLite outcome store."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import subprocess
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -116,3 +119,17 @@ def assert_rules_give(
     result = run_promtool("test", "rules", str(path))
     # On failure promtool prints what each rule evaluated to.
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+
+
+def stored_shadow_reads(db: Path, n: int, *, timeout: float = 10.0) -> list[tuple[str, str, float]]:
+    """(candidate version, method, confidence) of the shadow table in item order, once at least
+    `n` rows have landed (the service writes them in the background)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with sqlite3.connect(db) as conn:
+            query = "SELECT adapter_version, method, confidence FROM confidence_shadow_outcomes"
+            rows = conn.execute(f"{query} ORDER BY item_index").fetchall()
+        if len(rows) >= n:
+            return rows
+        assert time.monotonic() < deadline, f"{len(rows)} of {n} shadow rows after {timeout} s"
+        time.sleep(0.02)

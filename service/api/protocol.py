@@ -33,6 +33,17 @@ class Method(str, Enum):
     calibrated_head = "calibrated_head"
 
 
+METHOD_DESCRIPTION = (
+    "How the confidence is read. Unset: `calibrated_head` when the adapter version serving the "
+    "request has a fitted head (its selection evidence preferred it), else `adapter`; the "
+    "response's `method` says which was used."
+)
+REPORT_METHOD_DESCRIPTION = (
+    "Whose confidences: unset = the method requests naming none get from this adapter "
+    "(its version `version`, else its current one): `calibrated_head` with a head, else `adapter`."
+)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
@@ -132,7 +143,13 @@ class GenerateRequest(_Strict, Selective):
     # Engines seed a 64-bit generator; a larger value would fail inside the engine.
     seed: StrictInt | None = Field(default=None, ge=0, le=2**63 - 1)
     adapter: str | None = Field(default=None, description="Uncertainty adapter; default = server default.")
-    method: Method = Method.adapter
+    method: Method | None = Field(default=None, description=METHOD_DESCRIPTION)
+    answer_with_adapter: bool = Field(
+        default=False,
+        description="Generate the answer through the uncertainty adapter as well, so the confidence read "
+        "reuses the answer's KV cache and prefills only its own few tokens: less overhead, but the "
+        "answer can differ from the base model's (docs/benchmarks.md measures both).",
+    )
     stream: bool = Field(
         default=False,
         description="Server-sent events: `GenerateDelta`s as the text is generated, then the whole "
@@ -239,7 +256,7 @@ class ScoreItem(_Strict):
 class ScoreRequest(_Strict, Selective):
     items: list[ScoreItem] = Field(min_length=1)
     adapter: str | None = None
-    method: Method = Method.adapter
+    method: Method | None = Field(default=None, description=METHOD_DESCRIPTION)
 
 
 class ScoredItem(DecisionsWhenAsked):
@@ -351,7 +368,7 @@ class CalibrationQuery(_Strict):
     adapter: str | None = Field(
         default=None, max_length=MAX_ID_CHARS, description="Adapter name; default: the server's default."
     )
-    method: Method = Method.adapter
+    method: Method | None = Field(default=None, description=REPORT_METHOD_DESCRIPTION)
     version: str | None = Field(
         default=None, max_length=MAX_ID_CHARS, description="Only this adapter version; default: all."
     )
@@ -402,6 +419,10 @@ class ShadowComparison(BaseModel):
     """A shadow candidate against what was served, on the same labelled responses."""
 
     candidate: str = Field(description="name@version of the shadow.")
+    method: Method = Field(
+        description="How the shadow read its confidences: the served responses' method, or "
+        "`adapter` for a candidate without a head shadowing `calibrated_head`."
+    )
     n: int = Field(description="Labelled responses both scored.")
     served: dict[str, float | None] = Field(description="ECE, Brier, AUROC of the served confidences.")
     shadow: dict[str, float | None] = Field(description="ECE, Brier, AUROC of the shadow's confidences.")
@@ -437,7 +458,7 @@ class CalibrationResponse(BaseModel):
 class FeedbackQueueQuery(_Strict):
     adapter: str | None = Field(default=None, description="Adapter name; default: the server's default.")
     version: str | None = Field(default=None, description="Default: the adapter's current version.")
-    method: Method = Method.adapter
+    method: Method | None = Field(default=None, description=REPORT_METHOD_DESCRIPTION)
     window: str = Field(default="7d", pattern=r"^[0-9]+[smhd]$", description="Served within the last …")
     limit: int = Field(default=50, ge=1, le=500)
     threshold: float | None = Field(

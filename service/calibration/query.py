@@ -218,3 +218,42 @@ def encode_rendered(tokenizer: ChatTokenizer, text: str) -> list[int]:
 def query_ids(tokenizer: ChatTokenizer, question: Sequence[Message], answer: str) -> list[int]:
     """Token ids of the uncertainty-query prompt: what serving scores and training fits."""
     return encode_rendered(tokenizer, render_query(tokenizer, question, answer))
+
+
+def spliced_query_ids(
+    tokenizer: Any,
+    question: Sequence[Message],
+    answer: str,
+    *,
+    prompt_text: str,
+    prompt_ids: Sequence[int],
+    answer_ids: Sequence[int],
+) -> list[int] | None:
+    """The query's token ids built on a generation's own ids: `prompt_ids` (the encoding of
+    `prompt_text`, the rendered question the answer was generated for) and the sampled
+    `answer_ids`, then the rest of the query tokenized on its own.
+
+    Re-tokenizing the answer text can split it differently from how it was sampled, and a
+    prefix cache matches token ids, not text; built this way, a read under the weights that
+    generated the answer reuses the KV cache of every full block of prompt + answer.
+
+    None where the query does not extend the generation token for token: its rendering does
+    not start with the generation's prompt (a system turn, which the query leaves out), or
+    the sampled ids do not spell the answer as the query renders it (a stop string cut the
+    text, or special-token text neutralized in the query). The caller then tokenizes the
+    whole query.
+    """
+    specials = special_strings(tokenizer)
+    shown_answer = neutralize_specials(answer, specials)
+    full = render_query(tokenizer, question, answer)
+    head = prompt_text + shown_answer
+    if not full.startswith(head):
+        return None
+    special_ids = set(getattr(tokenizer, "all_special_ids", None) or ())
+    ids = list(answer_ids)
+    while ids and ids[-1] in special_ids:  # the end-of-turn token the text leaves out
+        ids.pop()
+    if tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False) != shown_answer:
+        return None
+    rest = tokenizer.encode(full[len(head) :], add_special_tokens=False)
+    return [*prompt_ids, *ids, *rest]

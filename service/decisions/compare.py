@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from service.api.protocol import MetricDifference, ShadowComparison
+from service.api.protocol import Method, MetricDifference, ShadowComparison
 from service.calibration import metrics as calib
 from service.feedback.store import ShadowPair
 
@@ -29,18 +29,21 @@ def _difference(metric: calib.MetricFn, a: np.ndarray, b: np.ndarray, y: np.ndar
 
 
 def shadow_comparisons(pairs: list[ShadowPair]) -> list[ShadowComparison]:
-    """One comparison per candidate version, in name@version order."""
-    by_candidate: defaultdict[str, list[ShadowPair]] = defaultdict(list)
+    """One comparison per candidate version and the method it read with, in name@version
+    order (a candidate reads with one method per served method, so one comparison for it in
+    a report of one served method)."""
+    by_candidate: defaultdict[tuple[str, str], list[ShadowPair]] = defaultdict(list)
     for pair in pairs:
-        by_candidate[f"{pair.candidate_adapter}@{pair.candidate_version}"].append(pair)
+        by_candidate[(f"{pair.candidate_adapter}@{pair.candidate_version}", pair.shadow_method)].append(pair)
     out = []
-    for candidate, rows in sorted(by_candidate.items()):
+    for (candidate, method), rows in sorted(by_candidate.items()):
         served = np.array([r.served.confidence for r in rows])
         shadow = np.array([r.shadow_confidence for r in rows])
         y = np.array([float(bool(r.served.correct)) for r in rows])
         out.append(
             ShadowComparison(
                 candidate=candidate,
+                method=Method(method),
                 n=len(rows),
                 served=_summary(served, y),
                 shadow=_summary(shadow, y),

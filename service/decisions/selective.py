@@ -18,6 +18,7 @@ from service.decisions.thresholds import ThresholdBook
 from service.lora.registry import AdapterRegistry
 from service.monitoring.monitor import CalibrationMonitor
 from service.monitoring.prometheus import NO_ADAPTER, ServiceMetrics
+from service.serving.core import method_for
 from service.settings import Settings
 
 
@@ -27,17 +28,18 @@ class SelectiveAnswering:
         self.metrics = metrics
 
     async def check(
-        self, request: Selective, registry: AdapterRegistry, *, method: Method, adapter: str | None
+        self, request: Selective, registry: AdapterRegistry, *, method: Method | None, adapter: str | None
     ) -> None:
         """Refuse a target that cannot be met (409) before any engine work. The threshold is
         cached, so the decision after the answer reads it again for free (and for the version
-        the answer actually used, should the default switch meanwhile)."""
+        and method the answer actually used, should the default switch meanwhile)."""
         if request.target_error_rate is None:
             return
         if method is Method.zero_shot:
             await self.book.selection(None, None, method, request.target_error_rate)
             return
         loaded = registry.resolve(adapter)  # the core raises the same errors
+        method = method_for(method, loaded)  # as the core's reader resolves it
         await self.book.selection(loaded.name, loaded.version, method, request.target_error_rate)
 
     async def selection(

@@ -26,7 +26,7 @@ class ShadowRead:
     endpoint: str
     adapter: str
     version: str
-    method: str
+    method: str  # the candidate's: the served request's, or `adapter` where it has no head
     confidences: tuple[tuple[int, float], ...]  # (item index, confidence); empty if it failed
     failed: bool = False
 

@@ -51,6 +51,10 @@ class Completion:
     finish_reason: str
     completion_tokens: int
     logprobs: tuple[TokenLogprob, ...] | None = None
+    # The sampled token ids (may end in an end-of-sequence or stop token the text leaves
+    # out): the confidence query is built on them so that it extends the generation's own
+    # token sequence and a read under the same weights finds it in the prefix cache.
+    token_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,19 @@ class StreamDelta:
     tokens: int
     logprobs: tuple[TokenLogprob, ...] | None = None
     finish_reason: str | None = None
+    token_ids: tuple[int, ...] = ()
+
+
+@dataclass
+class PrefixCacheStats:
+    """Prompt tokens the engine was asked to prefill, and how many it found cached."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,8 @@ def segmented_matmul(
 
     stacked = weights.squeeze(1) if weights.dim() == 4 else weights
     inputs = inputs.to(dtype)
+    if indices.shape[0] != inputs.shape[0]:
+        return _unmatched_rows(inputs, stacked, dtype)
     slots = torch.unique(indices)
     if slots.numel() == 1 and int(slots[0]) >= 0:
         # The common case (a batch of one adapter's requests): no gather, no scatter.
@@ -67,6 +69,25 @@ def segmented_matmul(
         rows = (indices == slot).nonzero(as_tuple=True)[0]
         out[rows] = inputs[rows] @ stacked[slot].to(dtype).T
     return out
+
+
+def _unmatched_rows(inputs: torch.Tensor, stacked: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Rows that the indices do not describe: vLLM 0.32 computes a request's prompt log-probs
+    by running the output head over that request's prompt positions while the punica wrapper
+    still holds the batch's per-request sampler indices (one per request, not per position).
+    Which adapter those rows belong to is unknown here, so the result is only defined when no
+    loaded adapter has output-head weights, which is always so for this service's adapters
+    (export and load refuse lm_head/embedding tensors): every slot is zero, and so is the
+    LoRA term. Indexing rows by the sampler indices instead would read past the prompt (an
+    IndexError that killed the engine) or give rows another request's adapter."""
+    import torch
+
+    if bool(torch.any(stacked != 0)):
+        raise ValueError(
+            "prompt log-probabilities with an adapter that changes the output head are not "
+            "supported on the CPU engine (vLLM 0.32 cannot tell which request the rows belong to)"
+        )
+    return torch.zeros((inputs.shape[0], stacked.shape[1]), dtype=dtype, device=inputs.device)
 
 
 def bgmv_shrink(

@@ -9,6 +9,7 @@ base/LoRA batch bug is applied by the `confidence_cpu_lora` vLLM plugin (see
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
@@ -19,11 +20,12 @@ from service.engine.base import (
     Engine,
     GenerationResult,
     LoRA,
+    PrefixCacheStats,
     SamplingOptions,
     StreamDelta,
     TokenLogprob,
 )
-from service.engine.cpu import cpu_has_native_bf16
+from service.engine.cpu import cpu_has_native_bf16, thread_defaults, usable_cpus
 from service.errors import (
     AdapterLoadError,
     AdapterUnavailableError,
@@ -41,6 +43,10 @@ log = logging.getLogger(__name__)
 # vLLM on CPU sizes its KV cache from an explicit byte budget: the GPU-style
 # "fraction of device memory" default asks for more than one NUMA node holds.
 DEFAULT_CPU_KV_CACHE_GIB = 1.0
+# vLLM's CPU default is 128-token blocks; prefix caching reuses only full blocks, so a
+# question + answer shorter than 128 tokens (most) would never be found by the confidence
+# read. 32 is the smallest size the CPU attention kernels run at full speed.
+DEFAULT_CPU_BLOCK_SIZE = 32
 
 
 class VLLMEngine(Engine):
@@ -58,6 +64,7 @@ class VLLMEngine(Engine):
         dtype: str = "auto",
         seed: int = 0,
         enforce_eager: bool = False,
+        block_size: int | None = None,
     ) -> None:
         self._model = model
         self._max_model_len = max_model_len
@@ -76,9 +83,13 @@ class VLLMEngine(Engine):
             "tensor_parallel_size": tensor_parallel_size,
         }
         self._kv_cache_gib = kv_cache_gib
+        self._block_size = block_size
         self._llm: AsyncLLM | None = None
         self._on_cpu = False
         self._tokenizer: Any = None
+        # Per kind of request ("generate", "read", "prompt_logprobs"): how much of each
+        # prompt vLLM's prefix cache already held (benchmarks report the hit rate).
+        self.prefix_cache: dict[str, PrefixCacheStats] = {}
 
     async def start(self) -> None:
         """Start vLLM; a second call on a started engine does nothing."""
@@ -93,6 +104,17 @@ class VLLMEngine(Engine):
         if kwargs["dtype"] == "auto" and current_platform.is_cpu() and not cpu_has_native_bf16():
             # A bf16 checkpoint would run in emulated bf16, several times slower than float32.
             kwargs["dtype"] = "float32"
+        if current_platform.is_cpu() and kwargs["tensor_parallel_size"] == 1:
+            # Read by vLLM when it spawns its worker (a child process inherits them).
+            threads = thread_defaults(os.environ, usable_cpus())
+            os.environ.update(threads)
+            if threads:
+                log.info("CPU thread binding for a small host: %s", threads)
+        block_size = self._block_size
+        if block_size is None and current_platform.is_cpu():
+            block_size = DEFAULT_CPU_BLOCK_SIZE
+        if block_size is not None:
+            kwargs["block_size"] = block_size
         kv_gib = self._kv_cache_gib
         if kv_gib is None and current_platform.is_cpu():
             kv_gib = DEFAULT_CPU_KV_CACHE_GIB
@@ -148,7 +170,7 @@ class VLLMEngine(Engine):
             except ValueError as exc:  # vLLM validates prompts/params with ValueError
                 raise InvalidRequestError(str(exc)) from exc
 
-    async def _run(self, prompt_ids: Sequence[int], params: Any, lora: LoRA | None) -> Any:
+    async def _run(self, prompt_ids: Sequence[int], params: Any, lora: LoRA | None, kind: str) -> Any:
         """Submit one request and wait for its final output."""
         final = None
         async with aclosing(self._stream(prompt_ids, params, lora)) as outputs:
@@ -156,6 +178,9 @@ class VLLMEngine(Engine):
                 final = output
         if final is None:
             raise EngineDeadError("the engine returned no output")
+        stats = self.prefix_cache.setdefault(kind, PrefixCacheStats())
+        stats.prompt_tokens += len(prompt_ids)
+        stats.cached_tokens += int(getattr(final, "num_cached_tokens", None) or 0)
         return final
 
     def _sampling_params(self, options: SamplingOptions, **extra: Any) -> Any:
@@ -186,13 +211,14 @@ class VLLMEngine(Engine):
         # (cumulative) mode each output carries only the child that just stepped, so the last
         # output can hold one choice of n. FINAL_ONLY aggregates all n into the final output.
         params = self._sampling_params(options, output_kind=RequestOutputKind.FINAL_ONLY)
-        out = await self._run(prompt_ids, params, lora)
+        out = await self._run(prompt_ids, params, lora, "generate")
         completions = [
             Completion(
                 text=c.text,
                 finish_reason=str(c.finish_reason),
                 completion_tokens=len(c.token_ids),
                 logprobs=_token_logprobs(c, options),
+                token_ids=tuple(c.token_ids),
             )
             for c in out.outputs
         ]
@@ -220,6 +246,7 @@ class VLLMEngine(Engine):
                         tokens=len(c.token_ids),
                         logprobs=_token_logprobs(c, options),
                         finish_reason=str(c.finish_reason) if c.finished() else None,
+                        token_ids=tuple(c.token_ids),
                     )
 
     async def next_token_logprobs(
@@ -230,7 +257,7 @@ class VLLMEngine(Engine):
         # logprob_token_ids makes vLLM return the full-vocabulary log-probability of
         # exactly these tokens, whatever their rank.
         params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=list(token_ids))
-        out = await self._run(prompt_ids, params, lora)
+        out = await self._run(prompt_ids, params, lora, "read")
         position = out.outputs[0].logprobs[0]
         return [float(position[t].logprob) for t in token_ids]
 
@@ -240,7 +267,7 @@ class VLLMEngine(Engine):
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-        out = await self._run(prompt_ids, params, lora)
+        out = await self._run(prompt_ids, params, lora, "prompt_logprobs")
         # prompt_logprobs[i] is a dict holding at least the actual token at position i.
         per_token = out.prompt_logprobs
         return [float(per_token[i][prompt_ids[i]].logprob) for i in range(max(start, 1), len(prompt_ids))]

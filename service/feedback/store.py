@@ -196,6 +196,7 @@ class ShadowPair:
     candidate_version: str
     served: Outcome
     shadow_confidence: float
+    shadow_method: str  # how the candidate read it (the served method, or `adapter` without a head)
 
 
 @dataclass(frozen=True)
@@ -588,14 +589,14 @@ class OutcomeStore:
             params.append(version)
         columns = ", ".join(f"o.{c.strip()}" for c in COLUMNS.split(","))
         query = (
-            f"SELECT s.adapter, s.adapter_version, s.confidence, {columns} FROM {SHADOW_TABLE} s "
+            f"SELECT s.adapter, s.adapter_version, s.confidence, s.method, {columns} FROM {SHADOW_TABLE} s "
             f"JOIN {TABLE} o ON o.response_id = s.response_id AND o.item_index = s.item_index "
             f"WHERE {' AND '.join(where)} ORDER BY o.feedback_at, o.response_id, o.item_index"
         )
         with self._transaction(write=False) as cursor:
             cursor.execute(self._sql(query), params)
             return [
-                ShadowPair(row[0], row[1], Outcome.from_row(row[3:]), float(row[2]))
+                ShadowPair(row[0], row[1], Outcome.from_row(row[4:]), float(row[2]), row[3])
                 for row in cursor.fetchall()
             ]
 

@@ -87,6 +87,7 @@ class CalibrationMonitor:
         *,
         adapters: Callable[[], Iterable[LoadedAdapter]],
         default_adapter: Callable[[], str | None],
+        default_method: Callable[[str, str | None], Method] = lambda adapter, version: Method.adapter,
         store_prompts: bool,
         drift_window: int,
         retention_days: float,
@@ -102,6 +103,8 @@ class CalibrationMonitor:
         self.metrics = metrics
         self.adapters = adapters
         self.default_adapter = default_adapter
+        # (adapter name, version or None = current) -> the method requests naming none get
+        self.default_method = default_method
         self.store_prompts = store_prompts
         self.drift_window = drift_window
         self.retention_days = retention_days
@@ -353,14 +356,17 @@ class CalibrationMonitor:
         (at most the retention period). The same query within CALIBRATION_CACHE_S gets the
         same report: a dashboard polling it costs one database query, not one per viewer."""
         adapter = self._report_adapter(query)
+        resolved = query.method
+        if resolved is None:  # whose confidences: what requests naming no method got
+            resolved = self.default_method(adapter, query.version) if adapter else Method.adapter
         self._check_window(query)
-        key = (adapter, query.method.value, query.version, query.window)
+        key = (adapter, resolved.value, query.version, query.window)
         now = self.clock()
         cached = self._calibration_cache.get(key)
         if cached is not None and cached[0] > now:
             return cached[1]
         since = now - query.window_seconds()
-        method, version = query.method.value, query.version
+        method, version = resolved.value, query.version
 
         def report() -> CalibrationResponse:
             # Everything on the store's threads: the grouped read, the shadow pairs and the
@@ -377,7 +383,7 @@ class CalibrationMonitor:
                 pairs = self.store.shadow_pairs(
                     labelled_since=since, adapter=adapter, method=method, version=version
                 )
-            base = calibration_report(counts, adapter=adapter, query=query)
+            base = calibration_report(counts, adapter=adapter, method=resolved, query=query)
             return self._decision_views(base, counts, pairs)
 
         result = await self._in_store("calibration", report, timeout_s=2 * self.store_timeout_s)
@@ -485,7 +491,7 @@ def expand_counts(counts: list[tuple[float, bool, int]]) -> tuple[np.ndarray, np
 
 
 def calibration_report(
-    counts: list[tuple[float, bool, int]], *, adapter: str | None, query: CalibrationQuery
+    counts: list[tuple[float, bool, int]], *, adapter: str | None, method: Method, query: CalibrationQuery
 ) -> CalibrationResponse:
     """The metrics of labelled rows given as (confidence, correct, count) groups, computed by
     the training job's own functions (same bins, same definitions as the adapter's evaluation
@@ -493,7 +499,7 @@ def calibration_report(
     p, y = expand_counts(counts)
     report = CalibrationResponse(
         adapter=adapter,
-        method=query.method,
+        method=method,
         version=query.version,
         window_s=query.window_seconds(),
         n=int(p.size),
@@ -535,6 +541,11 @@ def monitor_for(settings: Settings, state: ServiceState, admission: Admission) -
     def default_adapter() -> str | None:  # the admin API can change it at run time
         return state.service.registry.default if state.service is not None else settings.default_adapter
 
+    def default_method(adapter: str, version: str | None) -> Method:
+        if state.service is None:
+            return Method.adapter
+        return state.service.method_hint(None, f"{adapter}@{version}" if version else adapter)
+
     return CalibrationMonitor(
         open_store(
             db_url=settings.feedback_db_url,
@@ -544,6 +555,7 @@ def monitor_for(settings: Settings, state: ServiceState, admission: Admission) -
         metrics,
         adapters=served_adapters,
         default_adapter=default_adapter,
+        default_method=default_method,
         store_prompts=settings.feedback_store_prompts,
         drift_window=settings.drift_window,
         retention_days=settings.feedback_retention_days,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, aclosing, contextmanager
 from dataclasses import dataclass, replace
@@ -72,6 +72,16 @@ class Limits:
         return self.max_input_chars or self.max_model_len * DEFAULT_CHARS_PER_TOKEN
 
 
+def method_for(requested: Method | None, adapter: LoadedAdapter) -> Method:
+    """The method a request is read with: the one it names, else the best `adapter` offers:
+    `calibrated_head` when the version carries a fitted head (its selection on the calibration
+    and out-of-domain sets preferred it, see the README), else `adapter` (the paper's method,
+    which every version has, so head-less adapters keep working unchanged)."""
+    if requested is not None:
+        return requested
+    return Method.calibrated_head if adapter.manifest.head is not None else Method.adapter
+
+
 @dataclass(frozen=True)
 class ConfidenceReader:
     """How one request's confidence is read: which LoRA (if any) and which temperature."""
@@ -101,6 +111,9 @@ class Prompt:
     ids: list[int]
     question: list[cq.Message]
     param: str  # the request field it came from, for errors
+    # The chat-rendered text `ids` encode; None for raw text prompts, whose answers are
+    # scored in a query that does not extend them.
+    rendered: str | None = None
 
 
 @dataclass(frozen=True)
@@ -145,9 +158,14 @@ class _AnswerStream:
         options: SamplingOptions,
         reader: ConfidenceReader,
         deltas: AsyncGenerator[StreamDelta, None],
+        *,
+        asked: int | None,
+        base_answer: bool = True,
     ) -> None:
         self.service, self.prompt, self.options, self.reader = service, prompt, options, reader
         self.deltas = deltas
+        self.asked = asked  # the client's `logprobs`: what it sees (`options` may add them for the head)
+        self.base_answer = base_answer  # else its log-probs are the adapter's, not the head's feature
         self.queue: asyncio.Queue[ChoiceText | ChoiceDone | BaseException] = asyncio.Queue()
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -165,6 +183,7 @@ class _AnswerStream:
         texts = [""] * self.options.n
         tokens = [0] * self.options.n
         logprobs: list[list[TokenLogprob]] = [[] for _ in range(self.options.n)]
+        token_ids: list[list[int]] = [[] for _ in range(self.options.n)]
         finished = 0
         async with aclosing(self.deltas) as deltas:
             async for delta in deltas:
@@ -172,12 +191,14 @@ class _AnswerStream:
                 texts[i] += delta.text
                 tokens[i] += delta.tokens
                 logprobs[i].extend(delta.logprobs or ())
-                if delta.text or delta.logprobs:
-                    self.queue.put_nowait(ChoiceText(i, delta.text, delta.logprobs))
+                token_ids[i].extend(delta.token_ids)
+                shown = delta.logprobs if self.asked is not None else None
+                if delta.text or shown:
+                    self.queue.put_nowait(ChoiceText(i, delta.text, shown))
                 if delta.finish_reason is not None:
                     finished += 1
                     lps = tuple(logprobs[i]) if self.options.logprobs is not None else None
-                    done = Completion(texts[i], delta.finish_reason, tokens[i], lps)
+                    done = Completion(texts[i], delta.finish_reason, tokens[i], lps, tuple(token_ids[i]))
                     self._spawn(self._score(i, done))
         if finished < self.options.n:  # else `run` would wait for a choice that never ends
             raise ServiceError(
@@ -185,11 +206,13 @@ class _AnswerStream:
             )
 
     async def _score(self, index: int, completion: Completion) -> None:
-        ids = await self.service.query(self.prompt.question, completion.text, param=self.prompt.param)
-        # A streamed answer without requested log-probs is scored by the head with a prefill.
-        scored = Scored(self.prompt.question, completion.text, completion)
+        ids = await self.service.answer_query(self.prompt, completion)
+        # Generated through the adapter, its log-probs are not the base model's: the head then
+        # reads a base prefill.
+        scored = Scored(self.prompt.question, completion.text, completion if self.base_answer else None)
         confidence = await self.service.read_answer(ids, self.reader, scored)
-        self.queue.put_nowait(ChoiceDone(index, completion, confidence))
+        shown = completion if self.asked is not None else replace(completion, logprobs=None)
+        self.queue.put_nowait(ChoiceDone(index, shown, confidence))
 
     async def run(self) -> AsyncGenerator[ChoiceText | ChoiceDone, None]:
         try:
@@ -285,13 +308,26 @@ class ConfidenceService:
                 param=param,
             )
 
+    def method_hint(self, method: Method | None, adapter: str | None) -> Method:
+        """The method a request will most likely be read with, for what is needed before its
+        reader exists (the request metrics' label): `reader` decides, under its lease. An
+        adapter that does not resolve counts as `adapter` (the reader raises the error)."""
+        if method is not None:
+            return method
+        try:
+            return method_for(None, self.registry.resolve(adapter))
+        except ServiceError:
+            return Method.adapter
+
     @contextmanager
     def reader(
-        self, method: Method, adapter: str | None, *, shadow: bool = False
+        self, method: Method | None, adapter: str | None, *, shadow: bool = False
     ) -> Iterator[ConfidenceReader]:
         """Resolve the adapter once, at the start of the request, and hold it to the end:
-        an adapter switch meanwhile does not change this request's version. `shadow`: the
-        caller records shadow reads (native /generate and /score), so one may be attached."""
+        an adapter switch meanwhile does not change this request's version. `method` None:
+        the version's best (`method_for`), decided here, under the lease, so the method and
+        the version always belong together. `shadow`: the caller records shadow reads
+        (native /generate and /score), so one may be attached."""
         if method is Method.zero_shot:
             if adapter is not None:
                 raise InvalidRequestError(
@@ -299,22 +335,28 @@ class ConfidenceService:
                 )
             yield ConfidenceReader(method, None, 1.0, None)
             return
-        with self.registry.lease(adapter) as loaded, self._shadow(adapter, loaded, shadow) as candidate:
-            info = AdapterInfo(name=loaded.name, version=loaded.version)
+        with self.registry.lease(adapter) as loaded:
+            method = method_for(method, loaded)
             head = loaded.manifest.head if method is Method.calibrated_head else None
             if method is Method.calibrated_head and head is None:
                 raise InvalidRequestError(
                     f"adapter {loaded.name}@{loaded.version} has no calibrated head; use method 'adapter'",
                     param="method",
                 )
-            yield ConfidenceReader(method, loaded.lora, loaded.temperature, info, candidate, head)
+            with self._shadow(adapter, loaded, method, shadow) as candidate:
+                info = AdapterInfo(name=loaded.name, version=loaded.version)
+                yield ConfidenceReader(method, loaded.lora, loaded.temperature, info, candidate, head)
 
     @contextmanager
     def _shadow(
-        self, requested: str | None, loaded: LoadedAdapter, wanted: bool
+        self, requested: str | None, loaded: LoadedAdapter, method: Method, wanted: bool
     ) -> Iterator[ConfidenceReader | None]:
         """A lease on the shadow candidate for a request that gets the default adapter, when
-        the policy samples it; None otherwise (a candidate unloaded meanwhile is skipped)."""
+        the policy samples it; None otherwise (a candidate unloaded meanwhile is skipped).
+        The candidate reads with the request's method, so served and shadow confidences of
+        one version comparison differ in the version only; a candidate without a head
+        shadows a `calibrated_head` read with `adapter`, and its reads are recorded (and
+        compared) under that method."""
         spec = self.shadow_policy.pick() if wanted and self.shadow_policy and requested is None else None
         if spec is None or spec == loaded.spec:
             yield None
@@ -326,18 +368,34 @@ class ConfidenceService:
                 yield None
                 return
             info = AdapterInfo(name=candidate.name, version=candidate.version)
-            yield ConfidenceReader(Method.adapter, candidate.lora, candidate.temperature, info)
+            head = candidate.manifest.head if method is Method.calibrated_head else None
+            shadow_method = Method.calibrated_head if head is not None else Method.adapter
+            yield ConfidenceReader(shadow_method, candidate.lora, candidate.temperature, info, head=head)
 
     async def read_all(
         self, queries: list[list[int]], reader: ConfidenceReader, answers: Sequence[Scored]
     ) -> tuple[list[float], list[float] | None]:
         """Every query's confidence, and the shadow's in the same engine batch (None when
         there is no shadow or its read failed: a shadow never fails the request)."""
-        main = [self.read_answer(ids, reader, scored) for ids, scored in zip(queries, answers, strict=True)]
         if reader.shadow is None:
+            main = [
+                self.read_answer(ids, reader, scored) for ids, scored in zip(queries, answers, strict=True)
+            ]
             return list(await asyncio.gather(*main)), None
-        shadow = [self.read(ids, reader.shadow) for ids in queries]
-        results = await asyncio.gather(*main, *shadow, return_exceptions=True)
+        # Both heads read the same base-model likelihood of each answer: computed once.
+        shared = reader.head is not None or reader.shadow.head is not None
+        likelihoods = [asyncio.ensure_future(self.answer_likelihood(s)) if shared else None for s in answers]
+        try:
+            reads = [
+                self.read_answer(ids, r, scored, likelihood=likelihood)
+                for r in (reader, reader.shadow)
+                for ids, scored, likelihood in zip(queries, answers, likelihoods, strict=True)
+            ]
+            results = await asyncio.gather(*reads, return_exceptions=True)
+        finally:
+            for task in likelihoods:
+                if task is not None:
+                    task.cancel()  # one nobody awaited (a read failed before), else a no-op
         for result in results[: len(queries)]:
             if isinstance(result, BaseException):
                 raise result
@@ -360,7 +418,7 @@ class ConfidenceService:
                 endpoint=endpoint,
                 adapter=reader.shadow.info.name,
                 version=reader.shadow.info.version,
-                method=reader.method.value,
+                method=reader.shadow.method.value,
                 confidences=tuple(enumerate(scores)) if scores is not None else (),
                 failed=scores is None,
             )
@@ -379,6 +437,26 @@ class ConfidenceService:
             )
         return ids
 
+    async def answer_query(self, prompt: Prompt, completion: Completion) -> list[int]:
+        """The confidence query of a generated answer, built on the generation's own token
+        ids where it extends them (`cq.spliced_query_ids`: the base model's reads then hit
+        vLLM's prefix cache for prompt + answer), else tokenized from the text."""
+        if prompt.rendered is not None and completion.token_ids:
+            tokenizer, rendered = self.engine.tokenizer, prompt.rendered
+            spliced = await self._off_loop(
+                lambda: cq.spliced_query_ids(
+                    tokenizer,
+                    prompt.question,
+                    completion.text,
+                    prompt_text=rendered,
+                    prompt_ids=prompt.ids,
+                    answer_ids=completion.token_ids,
+                )
+            )
+            if spliced is not None and len(spliced) < self.limits.max_model_len:
+                return spliced
+        return await self.query(prompt.question, completion.text, param=prompt.param)
+
     async def gap(self, query_ids: list[int], reader: ConfidenceReader) -> float:
         """logit(yes) - logit(no) of the confidence query (no temperature applied)."""
         lp_no, lp_yes = await self.engine.next_token_logprobs(
@@ -389,24 +467,34 @@ class ConfidenceService:
     async def read(self, query_ids: list[int], reader: ConfidenceReader) -> float:
         return cq.sigmoid(await self.gap(query_ids, reader) / reader.temperature)
 
-    async def read_answer(self, query_ids: list[int], reader: ConfidenceReader, scored: Scored) -> float:
+    async def read_answer(
+        self,
+        query_ids: list[int],
+        reader: ConfidenceReader,
+        scored: Scored,
+        *,
+        likelihood: Awaitable[estimator.AnswerLikelihood] | None = None,
+    ) -> float:
         """The confidence of one answer by the reader's method. The head also needs the base
-        model's likelihood of the answer: from the sampled tokens' log-probs when generation
-        returned them (no extra pass), else one prefill of question + answer submitted with
-        the query, so vLLM batches both."""
+        model's likelihood of the answer (`answer_likelihood`, or `likelihood` when another
+        read computes it already), awaited together with the query so vLLM batches both."""
         if reader.head is None:
             return await self.read(query_ids, reader)
-        sampled = self.sampled_logprobs(scored.completion) if scored.completion else None
-        if sampled is not None:
-            logprobs = sampled
-            gap = await self.gap(query_ids, reader)
-        else:
+        gap, answer_likelihood = await asyncio.gather(
+            self.gap(query_ids, reader),
+            likelihood if likelihood is not None else self.answer_likelihood(scored),
+        )
+        features = estimator.features(gap, answer_likelihood, scored.answer)
+        return estimator.head_confidence(reader.head, features)
+
+    async def answer_likelihood(self, scored: Scored) -> estimator.AnswerLikelihood:
+        """The base model's likelihood of the answer: from the sampled tokens' log-probs when
+        generation returned them (no extra pass), else one prefill of question + answer."""
+        logprobs = self.sampled_logprobs(scored.completion) if scored.completion else None
+        if logprobs is None:
             ids, start = estimator.likelihood_prompt(self.engine.tokenizer, scored.question, scored.answer)
-            gap, logprobs = await asyncio.gather(
-                self.gap(query_ids, reader), self.engine.prompt_logprobs(ids, start=start)
-            )
-        likelihood = estimator.answer_likelihood(logprobs)
-        return estimator.head_confidence(reader.head, estimator.features(gap, likelihood, scored.answer))
+            logprobs = await self.engine.prompt_logprobs(ids, start=start)
+        return estimator.answer_likelihood(logprobs)
 
     def sampled_logprobs(self, completion: Completion) -> list[float] | None:
         """The sampled tokens' log-probabilities that belong to the answer text (an end-of-
@@ -449,8 +537,9 @@ class ConfidenceService:
         """A chat ending in a user turn, rendered with the model's chat template (off the loop)."""
         self.check_input_chars([m["content"] for m in chat], param=param)
         tokenizer = self.engine.tokenizer
-        ids = await self._off_loop(lambda: cq.encode_rendered(tokenizer, cq.render(tokenizer, chat)))
-        return Prompt(ids, chat, param)
+        rendered = await self._off_loop(lambda: cq.render(tokenizer, chat))
+        ids = await self._off_loop(lambda: cq.encode_rendered(tokenizer, rendered))
+        return Prompt(ids, chat, param, rendered)
 
     async def text_prompt(self, text: str, *, param: str) -> Prompt:
         """Raw text continued as is (no chat template), as OpenAI's completions API does; its
@@ -469,23 +558,56 @@ class ConfidenceService:
                 param=prompt.param,
             )
 
-    async def answer(self, prompt: Prompt, options: SamplingOptions, reader: ConfidenceReader) -> Answers:
-        """Generate `options.n` answers with the base model, then score them all at once
-        (only the confidence query uses the adapter)."""
+    async def answer(
+        self,
+        prompt: Prompt,
+        options: SamplingOptions,
+        reader: ConfidenceReader,
+        *,
+        answer_with_adapter: bool = False,
+    ) -> Answers:
+        """Generate `options.n` answers, then score them all at once. The answer comes from
+        the base model; only the confidence query uses the adapter, unless the caller opted
+        into `answer_with_adapter`: then the answer is generated through the adapter too, so
+        the query under it finds prompt + answer in the prefix cache and only its own few
+        tokens are prefilled (faster; the answer can differ from the base model's)."""
         self.check_fits(prompt, options)
+        lora = self.answer_lora(reader, answer_with_adapter)
         asked = options.logprobs
-        if reader.head is not None and asked is None:
-            options = replace(options, logprobs=0)  # the head reads the sampled tokens' log-probs
-        result = await self.engine.generate(prompt.ids, options, lora=None)
-        queries = [await self.query(prompt.question, c.text, param=prompt.param) for c in result.completions]
-        scored = [Scored(prompt.question, c.text, c) for c in result.completions]
+        if lora is None:
+            options = self._for_head(options, reader)
+        result = await self.engine.generate(prompt.ids, options, lora=lora)
+        queries = [await self.answer_query(prompt, c) for c in result.completions]
+        # The head's likelihood features are the base model's: log-probs sampled through the
+        # adapter are not, so then they come from a base prefill instead.
+        scored = [
+            Scored(prompt.question, c.text, c if lora is None else replace(c, logprobs=None))
+            for c in result.completions
+        ]
         scores, shadow = await self.read_all(queries, reader, scored)
         completions = [c if asked is not None else replace(c, logprobs=None) for c in result.completions]
         choices = [Answer(c, s) for c, s in zip(completions, scores, strict=True)]
         return Answers(result.prompt_tokens, choices, shadow)
 
+    @staticmethod
+    def answer_lora(reader: ConfidenceReader, answer_with_adapter: bool) -> LoRA | None:
+        if not answer_with_adapter:
+            return None
+        if reader.lora is None:
+            raise InvalidRequestError(
+                "answer_with_adapter needs a method that reads through an adapter; "
+                f"method '{reader.method.value}' uses none",
+                param="answer_with_adapter",
+            )
+        return reader.lora
+
     def answer_stream(
-        self, prompt: Prompt, options: SamplingOptions, reader: ConfidenceReader
+        self,
+        prompt: Prompt,
+        options: SamplingOptions,
+        reader: ConfidenceReader,
+        *,
+        answer_with_adapter: bool = False,
     ) -> AsyncGenerator[ChoiceText | ChoiceDone, None]:
         """Text as it is generated, then per choice a `ChoiceDone` with its confidence. Each
         choice's confidence read starts the moment that choice ends, while the others may
@@ -495,8 +617,21 @@ class ConfidenceService:
             PromptTooLongError, InvalidRequestError: the prompt or the options cannot be served.
         """
         self.check_fits(prompt, options)
-        deltas = self.engine.generate_stream(prompt.ids, options, lora=None)
-        return _AnswerStream(self, prompt, options, reader, deltas).run()
+        lora = self.answer_lora(reader, answer_with_adapter)
+        asked = options.logprobs
+        if lora is None:
+            options = self._for_head(options, reader)
+        deltas = self.engine.generate_stream(prompt.ids, options, lora=lora)
+        stream = _AnswerStream(self, prompt, options, reader, deltas, asked=asked, base_answer=lora is None)
+        return stream.run()
+
+    @staticmethod
+    def _for_head(options: SamplingOptions, reader: ConfidenceReader) -> SamplingOptions:
+        """The head reads the sampled tokens' log-probs (no extra pass, and the same numbers
+        streamed or not): asked of the engine even when the client did not ask for them."""
+        if reader.head is None or options.logprobs is not None:
+            return options
+        return replace(options, logprobs=0)
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
         with self.reader(request.method, request.adapter, shadow=True) as reader:  # fail fast
@@ -516,7 +651,7 @@ class ConfidenceService:
 
     async def _generate(self, request: GenerateRequest, reader: ConfidenceReader) -> GenerateResponse:
         prompt, options = await self.generate_inputs(request)
-        answers = await self.answer(prompt, options, reader)
+        answers = await self.answer(prompt, options, reader, answer_with_adapter=request.answer_with_adapter)
         choice = answers.choices[0]
         response_id = _generate_id()
         self._emit_shadow(response_id, "generate", reader, answers.shadow)
@@ -525,11 +660,17 @@ class ConfidenceService:
         )
 
     def generate_stream(
-        self, prompt: Prompt, options: SamplingOptions, reader: ConfidenceReader
+        self,
+        prompt: Prompt,
+        options: SamplingOptions,
+        reader: ConfidenceReader,
+        *,
+        answer_with_adapter: bool = False,
     ) -> AsyncGenerator[GenerateDelta | GenerateResponse, None]:
         """/generate's stream: the answer in pieces as generated, then the whole response.
         Raises like `answer_stream`, at the call."""
-        return _generate_events(self.answer_stream(prompt, options, reader), len(prompt.ids), reader)
+        events = self.answer_stream(prompt, options, reader, answer_with_adapter=answer_with_adapter)
+        return _generate_events(events, len(prompt.ids), reader)
 
     def check_items(self, request: ScoreRequest) -> None:
         if len(request.items) > self.limits.max_score_items:

@@ -78,6 +78,7 @@ def make_engine(settings: Settings, model: str) -> Engine:
         dtype=settings.dtype,
         seed=settings.seed,
         enforce_eager=settings.enforce_eager,
+        block_size=settings.kv_block_size,
     )
 
 

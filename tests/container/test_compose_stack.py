@@ -44,6 +44,10 @@ COMPOSE_FILES = (REPO / "docker-compose.yml", REPO / "deploy/offline/docker-comp
 UP_SERVICES = ("gateway", "prometheus")
 REPLICAS = 2
 ADAPTER = "smollm2-135m-uncertainty"
+# What requests naming no method get: the shipped version has a calibrated head, the version
+# the train profile exports has none.
+METHOD = "calibrated_head"
+TRAINED_METHOD = "adapter"
 NEW_VERSION = "v1000-compose-test"
 ADAPTER_ROOT = "/var/lib/confidence/adapters"
 # The training job at its smallest: a few steps on a few records, enough to export a version.
@@ -252,15 +256,17 @@ def stack(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         stack.compose("--profile", "train", "down", "--volumes", "--remove-orphans", check=False)
 
 
-def ask(client: httpx.Client, path: str, body: dict[str, Any], request_id: str) -> dict[str, Any]:
+def ask(
+    client: httpx.Client, path: str, body: dict[str, Any], request_id: str, method: str
+) -> dict[str, Any]:
     response = client.post(path, json=body, headers={"X-Request-ID": request_id})
     assert response.status_code == 200, (path, response.status_code, response.text)
     result: dict[str, Any] = response.json()
-    assert result["method"] == "adapter" and result["adapter"]["name"] == ADAPTER, result
+    assert result["method"] == method and result["adapter"]["name"] == ADAPTER, result
     return result
 
 
-def serve_round(stack: Stack, tag: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
+def serve_round(stack: Stack, tag: str, method: str = METHOD) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """One /generate per question, then as many /score of the pairs, through the gateway (each
     endpoint in a run of its own: alternating them would pair each with one replica under
     round robin). Returns the responses and the replica that answered each request id."""
@@ -268,14 +274,16 @@ def serve_round(stack: Stack, tag: str) -> tuple[list[dict[str, Any]], dict[str,
     with stack.client() as client:
         for i, (question, expected) in enumerate(QUESTIONS):
             request_ids.append(f"{tag}-generate-{i}")
-            generated = ask(client, "/generate", {"prompt": question, "max_tokens": 16}, request_ids[-1])
+            generated = ask(
+                client, "/generate", {"prompt": question, "max_tokens": 16}, request_ids[-1], method
+            )
             assert 0.0 <= generated["confidence"] <= 1.0, generated
             stack.served.append((generated["id"], 0, expected in generated["text"].lower()))
             responses.append(generated)
         items = [{"question": q, "answer": a} for q, a, _ in SCORED]
         for i in range(len(QUESTIONS)):
             request_ids.append(f"{tag}-score-{i}")
-            scored = ask(client, "/score", {"items": items}, request_ids[-1])
+            scored = ask(client, "/score", {"items": items}, request_ids[-1], method)
             assert [item["index"] for item in scored["items"]] == list(range(len(SCORED))), scored
             assert all(0.0 <= item["confidence"] <= 1.0 for item in scored["items"]), scored
             stack.served += [(scored["id"], j, ok) for j, (_, _, ok) in enumerate(SCORED)]
@@ -407,7 +415,7 @@ def test_prometheus_scrapes_both_replicas_and_its_rules_equal_calibration(stack:
     assert scraped_replicas(stack) == expected
 
     version = stack.calibration["version"]
-    selector = f'{{adapter="{ADAPTER}",version="{version}",method="adapter"}}'
+    selector = f'{{adapter="{ADAPTER}",version="{version}",method="{METHOD}"}}'
     # The raw counters first: a scrape has seen every label ...
     deadline = time.monotonic() + 120
     seen = None
@@ -464,7 +472,7 @@ def test_train_profile_publishes_a_version_the_admin_api_rolls_out(stack: Stack)
         # ... and load it through the admin API (CONFIDENCE_ADMIN_TOKEN set for the stack).
         docker("exec", cid, "confidence", "adapters", "load", ADAPTER, NEW_VERSION, "--default", timeout=600)
         assert replica_json(cid, "/adapters")["default"] == f"{ADAPTER}@{NEW_VERSION}"
-    responses, served_by = serve_round(stack, "trained")
+    responses, served_by = serve_round(stack, "trained", TRAINED_METHOD)
     assert {r["adapter"]["version"] for r in responses} == {NEW_VERSION}
     assert set(served_by.values()) == set(replicas.values()), served_by
     # Labels for the new version, one request per response (so both replicas store some).

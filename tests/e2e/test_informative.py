@@ -1,7 +1,8 @@
-"""The shipped default version's calibrated head ranks right answers above wrong ones (issue 15).
+"""The shipped default version's default method ranks right answers above wrong ones (issue 15).
 
-The README's own examples, scored by the embedded model through `/score` with
-method "calibrated_head" of the default adapter version (v7).
+The README's own examples, scored by the embedded model through `/score` as a client who names
+no method gets them: the default adapter version (v7) carries a calibrated head, so the method
+resolves to "calibrated_head".
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import httpx
 import pytest
 
 pytestmark = pytest.mark.e2e
+
+DEFAULT_METHOD = "calibrated_head"  # what a request naming none gets from v7 (it has a head)
 
 # Measured on v7 (CPU, 2026-12-02): Paris 0.475 > Berlin 0.382, Shakespeare 0.599 > Dickens
 # 0.442, but 56 0.535 < 54 0.570. The 56/54 miss is a finding (see the README), kept as a
@@ -23,24 +26,24 @@ PAIRS = [
 
 
 @pytest.mark.parametrize(("question", "right", "wrong"), PAIRS, ids=["paris", "56", "shakespeare"])
-def test_calibrated_head_scores_the_right_answer_above_the_wrong_one(server, question, right, wrong):
+def test_the_default_method_scores_the_right_answer_above_the_wrong_one(server, question, right, wrong):
     items = [{"question": question, "answer": right}, {"question": question, "answer": wrong}]
-    response = httpx.post(f"{server}/score", json={"items": items, "method": "calibrated_head"}, timeout=120)
+    response = httpx.post(f"{server}/score", json={"items": items}, timeout=120)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["method"] == "calibrated_head"
+    assert body["method"] == DEFAULT_METHOD
     right_p, wrong_p = (item["confidence"] for item in body["items"])
     print(f"{question!r}: {right!r} {right_p:.3f} > {wrong!r} {wrong_p:.3f}")
     assert right_p > wrong_p
 
 
-def test_generate_reads_the_head_from_the_sampled_answer(server):
-    response = httpx.post(
-        f"{server}/generate",
-        json={"prompt": "What is the capital of France?", "method": "calibrated_head"},
-        timeout=120,
-    )
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert body["method"] == "calibrated_head"
-    assert 0.0 < body["confidence"] < 1.0
+def test_generate_reads_the_default_method_from_the_sampled_answer(server):
+    question = {"prompt": "What is the capital of France?", "max_tokens": 16}
+    default = httpx.post(f"{server}/generate", json=question, timeout=120)
+    named = httpx.post(f"{server}/generate", json={**question, "method": DEFAULT_METHOD}, timeout=120)
+    assert default.status_code == named.status_code == 200, (default.text, named.text)
+    assert default.json()["method"] == DEFAULT_METHOD
+    assert 0.0 < default.json()["confidence"] < 1.0
+    # Greedy, so the same answer: the default is that method, not another with its label.
+    assert default.json()["text"] == named.json()["text"]
+    assert default.json()["confidence"] == pytest.approx(named.json()["confidence"], abs=1e-6)

@@ -8,6 +8,7 @@ size, each with its own engine.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,12 +17,16 @@ import pytest
 import pytest_asyncio
 
 from bench import (
+    cpu_threads,
     hot_swap,
     load_test,
     lora_cost,
     openai_vs_vllm,
     overhead,
+    overhead_profile,
     quality,
+    roofline,
+    scaling,
     score_throughput,
     vs_sampling,
 )
@@ -53,16 +58,33 @@ def record(path: Path) -> dict:
 
 
 @in_module_loop
-@pytest.mark.parametrize("module", [overhead, vs_sampling, score_throughput, hot_swap], ids=lambda m: m.NAME)
+@pytest.mark.parametrize(
+    "module",
+    [overhead, overhead_profile, vs_sampling, score_throughput, hot_swap, scaling],
+    ids=lambda m: m.NAME,
+)
 async def test_bench_script_quick(module, bench_engine, tiny_model, adapter_root, tmp_path):
-    args = quick_args(module, tiny_model, adapter_root, tmp_path / "out.json")
+    extra = ["--plot", str(tmp_path / "scaling.png")] if module is scaling else []
+    args = quick_args(module, tiny_model, adapter_root, tmp_path / "out.json", *extra)
     result = await module.measure(args, bench_engine)
     data = record(publish(module.NAME, args, result, module.report))
     checks = {
-        "overhead": lambda d: all(r["latency_ratio"] > 0 for r in d["clients"].values()),
+        "overhead": lambda d: all(
+            r["latency_ratio"] > 0 and r["cached_latency_ratio"] > 0 for r in d["clients"].values()
+        ),
+        "overhead_profile": lambda d: (
+            len(d["rounds"]) == 1 and all(v > 0 for v in d["mean_s"].values()) and d["service_ratio"] > 0
+        ),
         "vs_sampling": lambda d: d["cost_ratio"] > 0 and d["items"] == 6,
         "score_throughput": lambda d: (
-            d["ratio_at_top_clients"] > 0 and d["naive_transformers_peft"]["items"] == 8
+            d["ratio_at_top_clients"] > 0
+            and d["naive_transformers_peft"]["items"] == 8
+            and d["best_fraction_of_peak_at_top_clients"] > 0
+        ),
+        "scaling": lambda d: (
+            len(d["points"]) == 4
+            and all(p["latency_ratio"] > 0 for p in d["points"].values())
+            and (tmp_path / "scaling.png").stat().st_size > 0
         ),
         "hot_swap": lambda d: d["failed_requests"] == 0 and d["during_swap"]["requests"] >= 0,
     }
@@ -81,6 +103,22 @@ async def test_lora_cost_quick_in_process_arm(bench_engine, tiny_model, adapter_
     assert lora_cost.PLUGIN not in unpatched
     monkeypatch.setenv("VLLM_PLUGINS", ",".join(unpatched))
     assert not lora_cost.plugin_enabled()
+
+
+def test_cpu_threads_compares_both_bindings(tiny_model, adapter_root, tmp_path):
+    """Each setting starts its own engine (the binding is read when vLLM spawns its worker)."""
+    args = quick_args(cpu_threads, tiny_model, adapter_root, tmp_path / "out.json")
+    data = record(publish(cpu_threads.NAME, args, asyncio.run(cpu_threads.measure(args)), cpu_threads.report))
+    assert set(data["settings"]) == {"vllm_auto", "all_cores"}
+    for setting in data["settings"].values():
+        assert setting["score_items_per_s"] > 0 and setting["health_under_load"]["probes"] > 0
+
+
+def test_roofline_measures_a_positive_peak_per_dtype(tmp_path):
+    assert roofline.main(["--quick", "--out", str(tmp_path / "r.json")]) == 0
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert {d["dtype"] for d in data["dtypes"].values()} == {"float32", "bfloat16"}
+    assert all(d["flops"] > 0 for d in data["dtypes"].values())
 
 
 def test_quality_prints_the_shipped_report(tmp_path):

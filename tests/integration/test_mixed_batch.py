@@ -66,3 +66,18 @@ async def test_base_generation_is_unchanged_next_to_lora_reads(engine, adapter_r
         engine.generate(prompt, options), *(gap(engine, ids, alpha) for ids in queries(engine))
     )
     assert results[0].completions[0].text == alone
+
+
+async def test_prompt_logprobs_next_to_many_lora_reads_keep_the_engine_alive(engine, adapter_root):
+    # The calibrated head scores a /score item with a base prefill that returns prompt
+    # log-probs, batched with the items' LoRA reads. With more requests in the batch than
+    # prompt positions, vLLM's CPU LoRA logits op indexed past the prompt and killed the
+    # engine (found by bench.cpu_threads at 8 clients x 16 items).
+    alpha = lora(adapter_root, "alpha", 1)
+    prompt = engine.tokenizer.encode("Two plus two is four.", add_special_tokens=False)
+    alone = await engine.prompt_logprobs(prompt, start=1)
+    reads = [gap(engine, ids, alpha) for ids in queries(engine) * 6]
+    mixed, *_ = await asyncio.gather(engine.prompt_logprobs(prompt, start=1), *reads)
+    assert len(prompt) < len(reads)
+    assert mixed == pytest.approx(alone, abs=1e-3)
+    await engine.check_health()

@@ -38,6 +38,26 @@ def test_generate_answers_with_base_and_scores_with_default_adapter(client, engi
     assert body["confidence"] == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_answer_with_adapter_generates_and_reads_through_the_same_adapter(client, engine, stream):
+    response = client.post(
+        "/generate", json={"prompt": "capital of Peru?", "answer_with_adapter": True, "stream": stream}
+    )
+    assert response.status_code == 200, response.text
+    kinds = {"generate", "generate_stream"}
+    generated = [lora for kind, lora in engine.calls if kind in kinds][-1]
+    read = engine.calls[-1]
+    assert read[0] == "logprobs" and generated is not None and generated == read[1]
+
+
+def test_answer_with_adapter_without_an_adapter_is_a_400_naming_the_field(client):
+    response = client.post(
+        "/generate", json={"prompt": "2+2?", "method": "zero_shot", "answer_with_adapter": True}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "answer_with_adapter"
+
+
 def test_zero_shot_reads_the_base_model_at_temperature_one(client, engine):
     body = client.post("/generate", json={"prompt": "2+2?", "method": "zero_shot"}).json()
     assert body["adapter"] is None and body["method"] == "zero_shot"

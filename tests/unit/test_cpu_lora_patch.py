@@ -83,3 +83,21 @@ def test_fix_is_registered_as_a_vllm_plugin():
 
     plugins = {ep.name: ep.value for ep in entry_points(group="vllm.general_plugins")}
     assert plugins.get("confidence_cpu_lora") == "service.engine.cpu_lora_patch:register"
+
+
+@pytest.mark.parametrize("requests", [3, 40])  # fewer and more sampler indices than prompt rows
+def test_prompt_logprob_rows_get_no_lora_term_when_no_adapter_has_an_output_head(requests):
+    # vLLM 0.32 runs the output head over one request's prompt positions while the wrapper
+    # holds one sampler index per request of the batch: rows and indices do not correspond.
+    prompt_rows = torch.randn(22, 16)
+    zero_head = torch.zeros(2, 1, 4, 16)  # what the logits layer holds for adapters without lm_head
+    indices = torch.tensor([-1, 0] * (requests // 2) + [0] * (requests % 2))
+    out = torch.full((22, 4), 7.0)
+    ops.bgmv_shrink(prompt_rows, zero_head, out, indices)
+    assert torch.all(out == 0)
+
+
+def test_prompt_logprob_rows_with_an_output_head_adapter_are_refused_not_guessed():
+    head = torch.ones(2, 1, 4, 16)
+    with pytest.raises(ValueError, match="output head"):
+        ops.segmented_matmul(torch.randn(22, 16), head, torch.tensor([0, -1, 0]), torch.float32)

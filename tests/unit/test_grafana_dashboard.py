@@ -16,7 +16,7 @@ from tests.monitoring_helpers import RULES, run_promtool
 GRAFANA = Path(__file__).resolve().parents[2] / "deploy" / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 # Grafana's variables, replaced by a value of each as Grafana would.
-VARIABLES = {"$__rate_interval": "5m", "$adapter": "some-adapter"}
+VARIABLES = {"$__rate_interval": "5m", "$adapter": "some-adapter", "$method": "calibrated_head"}
 WINDOWS = ("1h", "1d")
 KEYWORDS = {
     "by",

@@ -18,6 +18,7 @@ from service.decisions.selective import SelectiveAnswering
 from service.engine.base import Completion as EngineCompletion
 from service.errors import InvalidRequestError
 from service.monitoring.monitor import CalibrationMonitor
+from service.monitoring.prometheus import RequestLabels
 from service.serving.admission import Admission
 from service.serving.core import Answers, ConfidenceReader, ConfidenceService
 from service.serving.deadline import Deadline
@@ -55,10 +56,10 @@ async def chat_completions(
     selective: SelectiveDep,
 ) -> Any:
     """A chat completion whose every choice carries its calibrated confidence."""
-    labels.note(request.method.value, request.adapter)
+    labels.note(openai.service.method_hint(request.method, request.adapter).value, request.adapter)
     call = await openai.chat_call(request)
     await _check_decisions(selective, openai, request, call)
-    serve = _Serve(openai.service, admission, deadline, monitor, request, call, "chat.completions")
+    serve = _Serve(openai.service, admission, deadline, monitor, labels, request, call, "chat.completions")
     if request.stream:
         return serve.stream(openai.chat_stream)
     answers, reader = await serve.answers()
@@ -76,10 +77,10 @@ async def completions(
     selective: SelectiveDep,
 ) -> Any:
     """A text completion (no chat template) whose every choice carries its confidence."""
-    labels.note(request.method.value, request.adapter)
+    labels.note(openai.service.method_hint(request.method, request.adapter).value, request.adapter)
     call = await openai.completion_call(request)
     await _check_decisions(selective, openai, request, call)
-    serve = _Serve(openai.service, admission, deadline, monitor, request, call, "completions")
+    serve = _Serve(openai.service, admission, deadline, monitor, labels, request, call, "completions")
     if request.stream:
         return serve.stream(openai.completion_stream)
     answers, reader = await serve.answers()
@@ -131,12 +132,13 @@ class _Serve:
         admission: Admission,
         deadline: Deadline,
         monitor: CalibrationMonitor,
+        labels: RequestLabels,
         request: oa.SamplingRequest,
         call: Call,
         endpoint: str,
     ) -> None:
         self.service, self.admission, self.deadline, self.monitor = service, admission, deadline, monitor
-        self.request, self.call, self.endpoint = request, call, endpoint
+        self.labels, self.request, self.call, self.endpoint = labels, request, call, endpoint
 
     async def answers(self) -> tuple[Answers, ConfidenceReader]:
         call = self.call
@@ -144,7 +146,12 @@ class _Serve:
             self.admission.admit(call.options.n),
             self.service.reader(self.request.method, call.adapter) as reader,
         ):
-            answers = await self.deadline.within(self.service.answer(call.prompt, call.options, reader))
+            self.labels.note(reader.method.value, self.request.adapter)
+            answers = await self.deadline.within(
+                self.service.answer(
+                    call.prompt, call.options, reader, answer_with_adapter=self.request.answer_with_adapter
+                )
+            )
         self.monitor.count_tokens(
             answers.prompt_tokens, sum(a.completion.completion_tokens for a in answers.choices)
         )
@@ -161,7 +168,10 @@ class _Serve:
             reader: ConfidenceReader = resources.enter_context(
                 self.service.reader(self.request.method, call.adapter)
             )
-            events = self.service.answer_stream(call.prompt, call.options, reader)  # may raise a 4xx
+            self.labels.note(reader.method.value, self.request.adapter)
+            events = self.service.answer_stream(  # may raise a 4xx
+                call.prompt, call.options, reader, answer_with_adapter=self.request.answer_with_adapter
+            )
 
             self.monitor.count_tokens(len(call.prompt.ids), 0)
 

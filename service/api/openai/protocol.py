@@ -4,7 +4,8 @@ Requests ignore unknown top-level fields (as vLLM does): clients that send OpenA
 parameters this server does not implement (`presence_penalty`, `tools`, …) keep working,
 and those parameters have no effect. Extra, non-OpenAI request fields (what the `openai`
 client sends through `extra_body`): `adapter` (uncertainty adapter, `name` or
-`name@version`), `method` (`adapter` | `zero_shot`), and `abstain_below` or
+`name@version`), `method` (`calibrated_head` | `adapter` | `zero_shot`; unset: the adapter
+version's best, see `METHOD_DESCRIPTION`), and `abstain_below` or
 `target_error_rate` (selective answering: each choice's confidence then carries `decision`,
 and with a target the `selection` it rests on; not while streaming).
 
@@ -24,6 +25,7 @@ from service.api.protocol import (
     MAX_ID_CHARS,
     MAX_MESSAGES,
     MAX_TEXT_CHARS,
+    METHOD_DESCRIPTION,
     Decision,
     DecisionsWhenAsked,
     Method,
@@ -66,7 +68,13 @@ class SamplingRequest(_Request, Selective):
         max_length=MAX_ID_CHARS,
         description="Extra: uncertainty adapter (name or name@version).",
     )
-    method: Method = Field(default=Method.adapter, description="Extra: how the confidence is read.")
+    method: Method | None = Field(default=None, description=f"Extra: {METHOD_DESCRIPTION}")
+    answer_with_adapter: bool = Field(
+        default=False,
+        description="Extra: generate the answer through the uncertainty adapter as well, so the "
+        "confidence read reuses the answer's KV cache and prefills only its own few tokens: less "
+        "overhead, but the answer can differ from the base model's (docs/benchmarks.md measures both).",
+    )
 
     @field_validator("stop")
     @classmethod

@@ -28,6 +28,7 @@ from service.errors import InvalidRequestError, ShadowConflictError
 from service.lora.files import parse_spec
 from service.lora.ops import AdapterOps
 from service.monitoring.prometheus import UNSERVED
+from service.serving.core import method_for
 
 router = APIRouter()
 
@@ -95,10 +96,12 @@ async def promote_shadow(
         raise ShadowConflictError("no shadow is attached to a default adapter")
     window = CalibrationQuery(window=request.window).window_seconds()
     since = monitor.clock() - window
+    # What requests naming no method got from the default: the responses a promotion changes.
+    served_method = method_for(None, default).value
     pairs = await monitor.read_store(
         "shadow",
         lambda: monitor.store.shadow_pairs(
-            labelled_since=since, adapter=default.name, method="adapter", version=default.version
+            labelled_since=since, adapter=default.name, method=served_method, version=default.version
         ),
     )
     name, version = parse_spec(config.spec)
@@ -138,14 +141,17 @@ async def feedback_queue(
 ) -> FeedbackQueue:
     """Served responses whose labels would most improve calibration, for a labelling team:
     confidences near the decision thresholds, in bins with few labels, in drifted bins."""
-    name, version, reference = None, None, None
-    if query.method is Method.adapter:
+    name, version, reference, resolved = None, None, None, Method.zero_shot
+    if query.method is not Method.zero_shot:
         pinned = f"{query.adapter}@{query.version}" if query.adapter and query.version else query.adapter
         adapter = ops.registry.resolve(pinned)
         name, version = adapter.name, query.version or adapter.version
-        reference = adapter.manifest.reference_histogram
+        resolved = method_for(query.method, adapter)  # unset: what requests naming none get
+        manifest = adapter.manifest
+        head = resolved is Method.calibrated_head
+        reference = manifest.head_reference_histogram if head else manifest.reference_histogram
     since = monitor.clock() - query.window_seconds()
-    method = query.method.value
+    method = resolved.value
     unlabelled = await monitor.read_store(
         "queue",
         lambda: monitor.store.unlabelled(
@@ -158,13 +164,13 @@ async def feedback_queue(
     thresholds = (
         [query.threshold]
         if query.threshold is not None
-        else selective.book.thresholds(name, version, query.method) or [DEFAULT_THRESHOLD]
+        else selective.book.thresholds(name, version, resolved) or [DEFAULT_THRESHOLD]
     )
     items = queue.rank(unlabelled, labelled, thresholds=thresholds, reference=reference, limit=query.limit)
     return FeedbackQueue(
         adapter=name,
         version=version,
-        method=query.method,
+        method=resolved,
         thresholds=thresholds,
         candidates=len(unlabelled),
         items=items,

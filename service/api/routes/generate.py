@@ -34,17 +34,22 @@ async def generate(
 ) -> Any:
     """Answer with the base model and return the calibrated probability the answer is correct
     (with `stream: true`, as server-sent events)."""
-    labels.note(request.method.value, request.adapter)
+    labels.note(service.method_hint(request.method, request.adapter).value, request.adapter)
     await selective.check(request, service.registry, method=request.method, adapter=request.adapter)
     if request.stream:
         with held_until_streamed() as resources:
             resources.enter_context(admission.admit(1))
             reader = resources.enter_context(service.reader(request.method, request.adapter))
+            labels.note(reader.method.value, request.adapter)
             prompt, options = await service.generate_inputs(request)
-            events = _recorded(service.generate_stream(prompt, options, reader), request, monitor, selective)
+            stream = service.generate_stream(
+                prompt, options, reader, answer_with_adapter=request.answer_with_adapter
+            )
+            events = _recorded(stream, request, monitor, selective)
             return EventStream(framed(deadline.stream(events), _error_frame), resources=resources)
     with admission.admit(1):
         response = await deadline.within(service.generate(request))
+    labels.note(response.method.value, request.adapter)
     response = await selective.generate(request, response)
     await monitor.served_generate(request, response)
     return response

@@ -24,11 +24,12 @@ async def score(
     selective: SelectiveDep,
 ) -> ScoreResponse:
     """Confidence that each (question, answer) pair — from any model — is correct."""
-    labels.note(request.method.value, request.adapter)
+    labels.note(service.method_hint(request.method, request.adapter).value, request.adapter)
     service.check_items(request)  # before admission: an over-limit batch must not get a 429 it can never pass
     await selective.check(request, service.registry, method=request.method, adapter=request.adapter)
     with admission.admit(len(request.items)):
         response = await deadline.within(service.score(request))
+    labels.note(response.method.value, request.adapter)
     response = await selective.score(request, response)
     await monitor.served_score(request, response)
     return response
