@@ -133,7 +133,9 @@ def scaling(r: dict[str, Any]) -> list[str]:
     from bench import scaling as bench_scaling
 
     table = md(bench_scaling.COLUMNS, bench_scaling.rows(r))
-    return [*table, "", f"Confidence method: `{r['method']}`.", "", f"![scaling](../{r['plot']})"]
+    # The plot path is relative to the repository; this page lives in docs/.
+    plot = r["plot"].removeprefix("docs/") if r["plot"].startswith("docs/") else f"../{r['plot']}"
+    return [*table, "", f"Confidence method: `{r['method']}`.", "", f"![scaling]({plot})"]
 
 
 def cpu_threads(r: dict[str, Any]) -> list[str]:
@@ -245,7 +247,7 @@ def spread(results_dir: Path) -> list[str]:
         "",
         *md(["benchmark", "figure", "runs", "min", "max", "each run"], rows),
         "",
-        "The repeats (`bench/run_all --repeats`) run the same command again right after the full run;"
+        "The repeats (`REPEATS=2 bench/run_all`) run the same command again after the full run;"
         " the overhead repeats at 16 clients only, 32 requests per arm.",
         "",
     ]
