@@ -27,7 +27,11 @@ pytestmark = pytest.mark.integration
 
 TOKEN = "decisions-admin"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-SERVED_T, TRUE_T = 1.5, 0.3
+# The held-out side is chosen by a hash of the (random) response ids, so each run compares
+# different items: the truth is made sharp enough, and the labels many enough, that the
+# refit's ECE gain clears its bootstrap CI on any split, not just on a lucky one.
+SERVED_T, TRUE_T = 1.5, 0.2
+ROUNDS = 45
 ITEMS_PER_REQUEST = 32
 
 
@@ -65,7 +69,7 @@ def test_recalibrate_promote_shadow_and_rollback_on_the_real_engine(tiny_model, 
         serve_in_thread(build_app(settings), ready_timeout=600) as url,
         httpx.Client(base_url=url, timeout=300) as c,
     ):
-        for r in range(30):  # 960 labelled items
+        for r in range(ROUNDS):  # ROUNDS x 32 labelled items
             items = [
                 {"question": f"Question {r}-{i}: is {i} prime?", "answer": str(i % 2 == 0)} for i in range(32)
             ]
