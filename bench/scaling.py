@@ -3,7 +3,8 @@
 The overhead benchmark's two main arms (`bench.overhead`: plain `engine.generate` vs
 `ConfidenceService.generate` with the server's default method, same engine, same greedy
 prompts) at 1, 4, 16 and 64 closed-loop clients and 16, 64 and 256 new tokens; each point
-runs plain, confidence, confidence, plain (half the requests each time) to cancel drift.
+runs plain, confidence, confidence, plain (half the requests each time) to cancel drift, the
+two arms of each half on the same questions, each run on an emptied prefix cache.
 Writes the JSON and a plot, docs/benchmarks_scaling.png: the latency ratio and each arm's
 throughput against clients, one line per answer length.
 
@@ -64,14 +65,19 @@ async def measure(args: argparse.Namespace, engine: Any = None) -> dict[str, Any
                 current[:] = pool.take(clients)
                 await closed_loop(plain, requests=clients, concurrency=clients)  # warm this batch size
                 runs: dict[str, list[Timing]] = {"plain": [], "confidence": []}
+                # Both arms answer the same questions (answer lengths vary a lot between
+                # questions), each run on an emptied prefix cache so the second arm is not served
+                # the first one's blocks.
+                first, second = pool.take(requests // 2), pool.take(requests // 2)
                 order = (
-                    ("plain", plain),
-                    ("confidence", confidence),
-                    ("confidence", confidence),
-                    ("plain", plain),
+                    ("plain", plain, first),
+                    ("confidence", confidence, first),
+                    ("confidence", confidence, second),
+                    ("plain", plain, second),
                 )
-                for arm, call in order:
-                    current[:] = pool.take(requests // 2)
+                for arm, call, questions in order:
+                    current[:] = questions
+                    await reset_prefix_cache(service.engine)
                     runs[arm].append(await closed_loop(call, requests=requests // 2, concurrency=clients))
                 summary = {arm: Timing.merged(t).summary() for arm, t in runs.items()}
                 points[f"tokens={length},clients={clients}"] = {
@@ -88,6 +94,12 @@ async def measure(args: argparse.Namespace, engine: Any = None) -> dict[str, Any
         "points": points,
         "plot": str(out.relative_to(REPO) if out.is_relative_to(REPO) else out),
     }
+
+
+async def reset_prefix_cache(engine: Any) -> None:
+    llm = getattr(engine, "llm", None)
+    if llm is not None:
+        await llm.reset_prefix_cache()
 
 
 def plot(points: dict[str, Any], out: Path) -> Path:
