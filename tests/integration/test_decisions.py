@@ -29,9 +29,10 @@ TOKEN = "decisions-admin"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # The held-out side is chosen by a hash of the (random) response ids, so each run compares
 # different items: the truth is made sharp enough, and the labels many enough, that the
-# refit's ECE gain clears its bootstrap CI on any split, not just on a lucky one.
+# refit's ECE gain clears its bootstrap CI on any split (half the labels held out), not just on a
+# lucky one.
 SERVED_T, TRUE_T = 1.5, 0.2
-ROUNDS = 45
+ROUNDS = 80
 ITEMS_PER_REQUEST = 32
 
 
@@ -100,6 +101,8 @@ def test_recalibrate_promote_shadow_and_rollback_on_the_real_engine(tiny_model, 
                 url,
                 "--adapter-root",
                 str(root),
+                "--holdout",
+                "0.5",
             ]
             assert await asyncio.to_thread(rc.main, argv) == 0
             before = len(codes)
