@@ -39,7 +39,7 @@ NAME = "overhead"
 async def measure(args: argparse.Namespace, engine: Any = None) -> dict[str, Any]:
     from service.api.protocol import GenerateRequest, Method
     from service.calibration import query as cq
-    from service.engine.base import SamplingOptions
+    from service.engine.base import PrefixCacheStats, SamplingOptions
     from service.errors import InvalidRequestError
 
     settings = settings_for(
@@ -86,7 +86,7 @@ async def measure(args: argparse.Namespace, engine: Any = None) -> dict[str, Any
             current[:] = pool.take(clients)
             await closed_loop(plain, requests=clients, concurrency=clients)  # warm this batch size
             runs: dict[str, list[Timing]] = {arm: [] for arm in arms}
-            cache: dict[str, dict[str, list[int]]] = {arm: {} for arm in arms}
+            cache: dict[str, dict[str, PrefixCacheStats]] = {arm: {} for arm in arms}
             order = [*ARMS, *reversed(ARMS)]
             for arm in (a for a in order if a in arms):
                 current[:] = pool.take(args.requests // 2)
@@ -97,14 +97,12 @@ async def measure(args: argparse.Namespace, engine: Any = None) -> dict[str, Any
                     await closed_loop(arms[arm], requests=args.requests // 2, concurrency=clients)
                 )
                 for kind, stats in (prefix_cache or {}).items():
-                    seen = cache[arm].setdefault(kind, [0, 0])
-                    seen[0] += stats.prompt_tokens
-                    seen[1] += stats.cached_tokens
+                    seen = cache[arm].setdefault(kind, PrefixCacheStats())
+                    seen.prompt_tokens += stats.prompt_tokens
+                    seen.cached_tokens += stats.cached_tokens
             summary: dict[str, Any] = {arm: Timing.merged(timings).summary() for arm, timings in runs.items()}
             for arm, kinds in cache.items():
-                summary[arm]["prefix_cache_hit_rate"] = {
-                    k: c / p if p else 0.0 for k, (p, c) in kinds.items()
-                }
+                summary[arm]["prefix_cache_hit_rate"] = {k: stats.hit_rate for k, stats in kinds.items()}
             summary["latency_ratio"] = summary["confidence"]["mean_s"] / summary["plain"]["mean_s"]
             summary["p50_ratio"] = summary["confidence"]["p50_s"] / summary["plain"]["p50_s"]
             summary["throughput_ratio"] = (

@@ -60,7 +60,7 @@ async def one_round(service: Any, pool: QuestionPool, clients: int, max_tokens: 
         ]
         labels = [service.labels.no_id, service.labels.yes_id]
         t_lora, _ = await wave([engine.next_token_logprobs(q, labels, lora=lora) for q in queries])
-        await engine.llm.reset_prefix_cache()
+        await engine.reset_prefix_cache()
         t_base, _ = await wave([engine.next_token_logprobs(q, labels) for q in queries])
 
         async def generate_then_read(p: Any) -> None:

@@ -77,7 +77,7 @@ async def measure(args: argparse.Namespace, engine: Any = None) -> dict[str, Any
                 )
                 for arm, call, questions in order:
                     current[:] = questions
-                    await reset_prefix_cache(service.engine)
+                    await service.engine.reset_prefix_cache()
                     runs[arm].append(await closed_loop(call, requests=requests // 2, concurrency=clients))
                 summary = {arm: Timing.merged(t).summary() for arm, t in runs.items()}
                 points[f"tokens={length},clients={clients}"] = {
@@ -94,12 +94,6 @@ async def measure(args: argparse.Namespace, engine: Any = None) -> dict[str, Any
         "points": points,
         "plot": str(out.relative_to(REPO) if out.is_relative_to(REPO) else out),
     }
-
-
-async def reset_prefix_cache(engine: Any) -> None:
-    llm = getattr(engine, "llm", None)
-    if llm is not None:
-        await llm.reset_prefix_cache()
 
 
 def plot(points: dict[str, Any], out: Path) -> Path:
