@@ -9,6 +9,7 @@ reuse Docker's layer cache for the image build itself.
 from __future__ import annotations
 
 import configparser
+import contextlib
 import hashlib
 import json
 import os
@@ -27,6 +28,9 @@ pytestmark = pytest.mark.container
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_TIMEOUT_S = 3600
+# Build cache kept across runs: enough for the images' pip layers to be reused by the next run,
+# bounded so that a machine running the suite again and again (CI) does not fill its disk.
+BUILD_CACHE_KEEP = "8GB"
 DEBIAN_MIRROR = os.environ.get("CONFIDENCE_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 # What the Dockerfile needs of a base image: python3.11 with venv, CA certificates, useradd.
 # python3-distutils is named because debootstrap does not resolve the virtual
@@ -75,8 +79,27 @@ def engine_answers() -> bool:
         return False
 
 
+def prune_leftovers() -> None:
+    """Drop what earlier runs left: the tests tag their images with fixed names, so each rebuild
+    after a Dockerfile or lock change leaves the previous image untagged, gigabytes each, and
+    the build cache only grows. Images in use and the tagged base image are kept."""
+    docker("image", "prune", "--force", timeout=600, check=False)
+    docker("builder", "prune", "--force", f"--keep-storage={BUILD_CACHE_KEEP}", timeout=600, check=False)
+
+
 @pytest.fixture(scope="session")
 def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    with _engine(tmp_path_factory):
+        prune_leftovers()
+        try:
+            yield
+        finally:
+            prune_leftovers()
+
+
+@contextlib.contextmanager
+def _engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The running Docker engine, or Debian's dockerd started for this session."""
     if engine_answers():
         yield
         return
