@@ -3,14 +3,22 @@
     confidence recalibrate --adapter smollm2-135m-uncertainty@v6 --window 30d
     confidence recalibrate --adapter smollm2-135m-uncertainty@v6 --promote --url http://127.0.0.1:8000
 
-1. Reads the labelled outcomes of NAME@VERSION (method "adapter") from the outcome store,
-   feedback received within the window, and splits them by a hash of the response id into
-   a fitting part and a held-out part (the same labels always land on the same side).
-2. Refits the temperature on the fitting part. Served confidences are sigmoid(g / T), so the
-   logit gaps come back exactly as g = T * logit(confidence).
-3. Writes NAME/<VERSION>-recalN: the same LoRA files, the refit temperature, the labels it
-   rests on as the version's calibration split (thresholds for target_error_rate), and its
-   provenance (window, label counts and ids, the comparison below).
+1. Reads the labelled outcomes of NAME@VERSION read with one method (`--method`; by default
+   the one requests naming none get: `calibrated_head` when the version has a head, else
+   `adapter`) from the outcome store, feedback received within the window, and splits them
+   by a hash of the response id into a fitting part and a held-out part (the same labels
+   always land on the same side).
+2. Refits that method's calibration on the fitting part, from the served confidences alone:
+   - `adapter`: the temperature. Served confidences are sigmoid(g / T), so the logit gaps
+     come back exactly as g = T * logit(confidence).
+   - `calibrated_head`: a Platt rescaling sigmoid(a * z + b) of the head's logit
+     z = logit(confidence), written back into the head (every coefficient times a, the
+     intercept a * intercept + b), so the new version's head serves exactly the rescaled
+     confidences. The features, their scaling and the adapter's temperature are unchanged.
+3. Writes NAME/<VERSION>-recalN: the same LoRA files, the refit calibration, for `adapter`
+   the labels it rests on as the version's calibration split (thresholds for
+   target_error_rate), and its provenance (method, window, label counts and ids, the
+   comparison below).
 4. Compares new against current on the held-out labels: ECE, Brier, AUROC with bootstrap
    intervals and paired intervals of the differences. "Better" means the paired ECE
    difference's interval lies below 0 and Brier does not get worse.
@@ -40,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from service.calibration import metrics as calib
+from service.calibration.estimator import HeadParams
 from service.feedback.store import Outcome, OutcomeStore
 from service.lora.files import CONFIG_FILE, WEIGHTS_FILE, adapter_dir, parse_spec
 from service.lora.manifest import AdapterManifest, CalibrationOutcomes
@@ -50,6 +59,7 @@ WINDOW_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 PROVENANCE_FILE = "recalibration_labels.json"
 # Keeps logit() finite for a stored confidence of exactly 0 or 1.
 CLIP = 1e-12
+METHODS = ("adapter", "calibrated_head")  # zero_shot has no fitted calibration of its own here
 
 
 class RecalibrationError(Exception):
@@ -134,20 +144,87 @@ def next_version(root: Path, name: str, version: str) -> str:
     return f"{version}-recal{k}"
 
 
-def refit(manifest: AdapterManifest, g: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    """The refit calibration of the version: its temperature.
+@dataclass(frozen=True)
+class Refit:
+    """One method's refit: what it fitted (provenance), the manifest fields it changes, and
+    both versions' confidences on the held-out labels."""
 
-    Hook for a calibration head: a version carrying one (the `head` of method
-    calibrated_head, once that lands) keeps it unchanged here, and the provenance says so,
-    rather than silently serving a head fitted to other data under a new temperature.
+    fitted: dict[str, Any]
+    updates: dict[str, Any]
+    candidate: np.ndarray
+    current: np.ndarray
+
+
+def default_method(manifest: AdapterManifest) -> str:
+    """The method requests that name none are read with (service.serving.core.method_for)."""
+    return "calibrated_head" if manifest.head is not None else "adapter"
+
+
+def refit_adapter(
+    manifest: AdapterManifest, outcomes: list[Outcome], held: np.ndarray, y: np.ndarray, split: str
+) -> Refit:
+    """The temperature, refit on the fitting side; the labels become the calibration split."""
+    from adapters.calibrate import apply_temperature, fit_temperature
+
+    g = gaps_of(outcomes, manifest.temperature)
+    fit = fit_temperature(g[~held], y[~held])
+    calibration = CalibrationOutcomes(split=split, gaps=g.tolist(), correct=[bool(v) for v in y])
+    fitted: dict[str, Any] = {"temperature": fit.to_dict()}
+    if manifest.head is not None:
+        fitted["head"] = "not refit: copied unchanged (refit it with --method calibrated_head)"
+    return Refit(
+        fitted=fitted,
+        updates={"temperature": fit.temperature, "calibration_outcomes": calibration.model_dump(mode="json")},
+        candidate=apply_temperature(g[held], fit.temperature),
+        current=apply_temperature(g[held], manifest.temperature),
+    )
+
+
+def fit_platt(z: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Slope and offset of sigmoid(a * z + b) by maximum likelihood (unpenalized)."""
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=np.inf).fit(z.reshape(-1, 1), y)
+    return float(model.coef_[0, 0]), float(model.intercept_[0])
+
+
+def rescaled_head(head: HeadParams, slope: float, offset: float) -> HeadParams:
+    """The head whose logit is slope * (this head's logit) + offset."""
+    return HeadParams.model_validate(
+        {
+            **head.model_dump(),
+            "coef": [slope * c for c in head.coef],
+            "intercept": slope * head.intercept + offset,
+        }
+    )
+
+
+def refit_head(manifest: AdapterManifest, outcomes: list[Outcome], held: np.ndarray, y: np.ndarray) -> Refit:
+    """A Platt rescaling of the head's logit, refit on the fitting side.
+
+    Raises:
+        RecalibrationError: the version has no head, or the live labels rank the head's
+            confidences backwards (a rescaling would then reverse what the head ranks).
     """
-    from adapters.calibrate import fit_temperature
+    from scipy.special import expit
 
-    fit = fit_temperature(g, y)
-    out: dict[str, Any] = {"temperature": fit.to_dict()}
-    if (manifest.model_extra or {}).get("head") is not None:
-        out["head"] = "not refit: copied unchanged (refitting calibration heads is not supported yet)"
-    return out
+    if manifest.head is None:
+        raise RecalibrationError(f"{manifest.name}@{manifest.version} has no head: use --method adapter")
+    z = gaps_of(outcomes, 1.0)
+    slope, offset = fit_platt(z[~held], y[~held])
+    if slope <= 0:
+        raise RecalibrationError(
+            f"the live labels rank the head's confidences backwards (fitted slope {slope:.3f}): "
+            "a rescaling would reverse its ranking; look at the labels before recalibrating"
+        )
+    head = rescaled_head(manifest.head, slope, offset)
+    fitted = {"head": {"slope": slope, "offset": offset, "n": int((~held).sum())}, "temperature": "unchanged"}
+    return Refit(
+        fitted=fitted,
+        updates={"head": head.model_dump(mode="json")},
+        candidate=np.asarray(expit(slope * z[held] + offset), dtype=np.float64),
+        current=np.asarray(expit(z[held]), dtype=np.float64),
+    )
 
 
 def write_version(
@@ -155,8 +232,7 @@ def write_version(
     manifest: AdapterManifest,
     new_version: str,
     *,
-    temperature: float,
-    calibration: CalibrationOutcomes,
+    updates: dict[str, Any],
     provenance: dict[str, Any],
     label_ids: dict[str, list[str]],
 ) -> Path:
@@ -174,9 +250,8 @@ def write_version(
         fields = {
             **manifest.model_dump(mode="json"),
             "version": new_version,
-            "temperature": temperature,
+            **updates,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
-            "calibration_outcomes": calibration.model_dump(mode="json"),
             "recalibration": provenance,
         }
         AdapterManifest.model_validate(fields).write(staging)
@@ -200,6 +275,7 @@ def recalibrate(
     n_boot: int = 1000,
     seed: int = 0,
     now: float | None = None,
+    method: str | None = None,
 ) -> Recalibration:
     """Refit NAME@VERSION on its live labels, write the new version, compare on held-out labels.
 
@@ -216,34 +292,33 @@ def recalibrate(
     manifest = AdapterManifest.read(adapter_dir(root, name, version))
     now = time.time() if now is None else now
     since = now - window_s
-    outcomes = store.outcomes(labelled_since=since, adapter=name, version=version, method="adapter")
+    method = method or default_method(manifest)
+    if method not in METHODS:
+        raise RecalibrationError(f"--method {method!r}: refits exist for {', '.join(METHODS)}")
+    outcomes = store.outcomes(labelled_since=since, adapter=name, version=version, method=method)
     if len(outcomes) < min_labels:
         raise TooFewLabelsError(
-            f"{spec} has {len(outcomes)} labelled outcomes in the window; at least {min_labels} are needed"
+            f"{spec} has {len(outcomes)} labelled outcomes of method {method} in the window; "
+            f"at least {min_labels} are needed"
         )
     held = np.array([holdout_side(o, holdout) for o in outcomes])
-    g = gaps_of(outcomes, manifest.temperature)
     y = np.array([float(bool(o.correct)) for o in outcomes])
     for side, mask in (("fitting", ~held), ("held-out", held)):
         if len(set(y[mask].tolist())) < 2:
             raise RecalibrationError(
                 f"the {side} labels of {spec} are all one outcome: nothing to fit or compare"
             )
-    fitted = refit(manifest, g[~held], y[~held])
-    temperature = float(fitted["temperature"]["temperature"])
-    from adapters.calibrate import apply_temperature
-
-    comparison = compare(
-        apply_temperature(g[held], temperature),
-        apply_temperature(g[held], manifest.temperature),
-        y[held],
-        n_boot=n_boot,
-        seed=seed,
-    )
+    if method == "adapter":
+        split = f"live labels of {spec}, feedback within {window_s:.0f} s before {now:.0f}"
+        refit = refit_adapter(manifest, outcomes, held, y, split)
+    else:
+        refit = refit_head(manifest, outcomes, held, y)
+    comparison = compare(refit.candidate, refit.current, y[held], n_boot=n_boot, seed=seed)
     better, reason = verdict(comparison)
     new_version = next_version(root, name, version)
     provenance = {
         "parent": version,
+        "method": method,
         "window_s": window_s,
         "labelled_since": since,
         "labelled_until": now,
@@ -252,7 +327,7 @@ def recalibrate(
         "n_holdout": int(held.sum()),
         "holdout_fraction": holdout,
         "label_ids_file": PROVENANCE_FILE,
-        "refit": fitted,
+        "refit": refit.fitted,
         "heldout_comparison": comparison,
         "better": better,
         "reason": reason,
@@ -262,12 +337,7 @@ def recalibrate(
         root,
         manifest,
         new_version,
-        temperature=temperature,
-        calibration=CalibrationOutcomes(
-            split=f"live labels of {spec}, feedback within {window_s:.0f} s before {now:.0f}",
-            gaps=g.tolist(),
-            correct=[bool(v) for v in y],
-        ),
+        updates=refit.updates,
         provenance=provenance,
         label_ids={
             "fit": [i for i, h in zip(ids, held, strict=True) if not h],
@@ -344,6 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="confidence recalibrate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--adapter", required=True, help="NAME@VERSION to refit")
+    parser.add_argument(
+        "--method",
+        choices=METHODS,
+        help="whose calibration to refit, from the labels of requests read with it "
+        "(default: the version's default method: calibrated_head when it has a head)",
+    )
     parser.add_argument("--window", default="30d", help="feedback received within this long (30d, 12h, …)")
     parser.add_argument(
         "--holdout", type=float, default=0.3, help="fraction of labels held out for the comparison"
@@ -389,6 +465,7 @@ def main(argv: list[str]) -> int:
             holdout=args.holdout,
             min_labels=args.min_labels,
             n_boot=args.n_boot,
+            method=args.method,
         )
     except (RecalibrationError, FeedbackStoreError) as exc:
         if isinstance(exc, TooFewLabelsError) and args.report:

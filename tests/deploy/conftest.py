@@ -59,3 +59,13 @@ def kustomize(directory: str, out_dir: Path) -> Path:
     out = out_dir / "rendered.yaml"
     out.write_text(result.stdout)
     return out
+
+
+def served_default() -> str:
+    """NAME@VERSION the service starts on with the shipped adapters (service.lora.files)."""
+    from service.lora.files import newest_version_dir
+
+    name_dir = REPO / "adapters/exported/smollm2-135m-uncertainty"
+    newest = newest_version_dir(name_dir, trained_only=True)
+    assert newest is not None
+    return f"{name_dir.name}@{newest.name}"

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.conftest import REPO, run, tool
+from tests.deploy.conftest import REPO, run, served_default, tool
 
 REQUIRED_ENV = {
     "GATEWAY_API_KEYS_FILE": str(REPO / "deploy/gateway/api-keys.example.map"),
@@ -53,6 +53,7 @@ def test_recalibration_is_an_optional_profile_that_never_promotes(config: Any) -
     assert job["profiles"] == ["recalibrate"]
     script = " ".join(job["command"])
     assert "confidence recalibrate" in script and "--report" in script and "--promote" not in script
+    assert job["environment"]["RECALIBRATE_ADAPTER"] == served_default()  # what the service serves
     # It writes candidates into the volume the service reads (read-only there).
     assert "adapters:/var/lib/confidence/adapters:rw" in job["volumes"]
     assert (

@@ -168,7 +168,9 @@ def test_too_few_labels_is_refused_with_the_count(served, capsys):
     url, _, settings = served
     stream(url, 2, true_t=TRUE_T)
     assert rc.main(["--adapter", "default-unc@v1", "--url", url, "--report"]) == 1
-    assert "has 16 labelled outcomes in the window; at least 100 are needed" in capsys.readouterr().err
+    assert "has 16 labelled outcomes of method adapter in the window; at least 100 are needed" in (
+        capsys.readouterr().err
+    )
     assert not (settings.adapter_root / "default-unc" / "v1-recal1").exists()
     metrics = httpx.get(f"{url}/metrics").text
     assert 'confidence_recalibrations_total{adapter="default-unc",outcome="too_few_labels"} 1.0' in metrics
@@ -231,3 +233,127 @@ def test_a_better_refit_can_go_to_shadow_instead_of_default(served, capsys):
     assert default_of(url) == "default-unc@v1"
     assert cli(["adapters", "--url", url, "shadow", "--off"]) == 0
     assert json.loads(capsys.readouterr().out)["adapter"] is None
+
+
+# The default method of a version with a head is calibrated_head: its live labels refit the head.
+TRUE_SLOPE, TRUE_OFFSET = 2.5, -1.5  # the head's logit is too soft and too high
+
+
+def head_truth(confidence: float, slope: float = TRUE_SLOPE, offset: float = TRUE_OFFSET) -> float:
+    z = math.log(confidence / (1 - confidence))
+    return 1 / (1 + math.exp(-(slope * z + offset)))
+
+
+@pytest.fixture
+def served_head(tmp_path, monkeypatch):
+    from tests.unit.conftest import write_adapter
+    from tests.unit.test_calibrated_head import HEAD
+
+    root = tmp_path / "adapters"
+    write_adapter(root, "head-unc", "v1", temperature=2.0, head=HEAD)
+    monkeypatch.setenv("CONFIDENCE_ADMIN_TOKEN", TOKEN)
+    monkeypatch.setenv("CONFIDENCE_ADAPTER_ROOT", str(root))
+    settings = Settings(
+        adapter_root=root,
+        default_adapter="head-unc",
+        max_score_items=8,
+        default_max_tokens=4,
+        max_tokens_limit=16,
+        query_reserve_tokens=16,
+        admin_token=TOKEN,
+    )  # the outcome store: the autouse fixture's CONFIDENCE_FEEDBACK_DB_PATH, as rc.main reads it
+    with serve_in_thread(build_app(settings, engine=FakeEngine())) as url:
+        yield url, root
+
+
+def stream_head(url: str, n_requests: int, truth) -> None:
+    """Score batches of 8 naming no method (so calibrated_head) and label each item by a draw."""
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for r in range(n_requests):
+            items = [{"question": f"head stream {r} {i}?", "answer": f"a {i} {r % 7}"} for i in range(8)]
+            body = client.post("/score", json={"items": items}).json()
+            assert body["method"] == "calibrated_head"
+            labels = [
+                {
+                    "id": body["id"],
+                    "index": item["index"],
+                    "correct": uniform(f"{body['id']}:{item['index']}") < truth(item["confidence"]),
+                }
+                for item in body["items"]
+            ]
+            assert client.post("/feedback", json={"items": labels}).status_code == 200
+
+
+def test_the_default_methods_labels_refit_the_head_and_the_new_head_serves_the_rescaling(served_head, capsys):
+    url, root = served_head
+    stream_head(url, 200, head_truth)  # 1,600 labels, half held out: the ECE CI is narrow on any split
+    args = ["--adapter", "head-unc@v1", "--window", "1d", "--holdout", "0.5", "--promote", "--url", url]
+    assert rc.main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["outcome"] == "promoted", summary
+    assert summary["heldout"]["difference"]["ece"]["ci_high"] < 0
+
+    old = AdapterManifest.read(root / "head-unc" / "v1")
+    new = AdapterManifest.read(root / "head-unc" / "v1-recal1")
+    refit = new.model_extra["recalibration"]
+    assert refit["method"] == "calibrated_head" and refit["n_labels"] == 1600
+    slope, offset = refit["refit"]["head"]["slope"], refit["refit"]["head"]["offset"]
+    assert slope == pytest.approx(TRUE_SLOPE, rel=0.3) and offset == pytest.approx(TRUE_OFFSET, abs=0.5)
+    assert new.head is not None and old.head is not None
+    assert new.head.coef == pytest.approx([slope * c for c in old.head.coef])
+    assert new.temperature == old.temperature  # the adapter's own calibration is not touched
+
+    # The promoted version serves exactly sigmoid(slope * z + offset) of the old head's logit z
+    # on the same inputs. The fake engine shifts the adapter gap by each LoRA's id, so the gap
+    # of the new version is read back from its `adapter` confidence (sigmoid(gap / T)).
+    from service.calibration import estimator
+
+    item = {"question": "after the refit?", "answer": "a 3"}
+    with httpx.Client(base_url=url, timeout=30) as client:
+        head = client.post("/score", json={"items": [item]}).json()
+        plain = client.post("/score", json={"items": [item], "method": "adapter"}).json()
+    assert head["adapter"]["version"] == plain["adapter"]["version"] == "v1-recal1"
+    assert head["method"] == "calibrated_head"
+    p = plain["items"][0]["confidence"]
+    gap = new.temperature * math.log(p / (1 - p))
+    tokens = len(FakeEngine().tokenizer.encode(item["answer"], add_special_tokens=False))
+    values = estimator.features(gap, estimator.answer_likelihood([-1.0] * tokens), item["answer"])
+    z = estimator.head_logit(old.head, values)
+    rescaled = 1 / (1 + math.exp(-(slope * z + offset)))
+    assert head["items"][0]["confidence"] == pytest.approx(rescaled, abs=1e-9)
+
+
+def test_labels_that_rank_the_head_backwards_write_no_version(served_head, capsys):
+    url, root = served_head
+    stream_head(url, 60, lambda p: head_truth(p, slope=-2.0, offset=0.0))
+    assert rc.main(["--adapter", "head-unc@v1", "--window", "1d", "--url", url]) == 1
+    assert "rank the head's confidences backwards" in capsys.readouterr().err
+    assert not (root / "head-unc" / "v1-recal1").exists()
+
+
+def test_the_adapter_method_of_a_head_version_refits_the_temperature_and_keeps_the_head(served_head, capsys):
+    url, root = served_head
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for r in range(40):
+            items = [{"question": f"adapter {r} {i}?", "answer": "x"} for i in range(8)]
+            body = client.post("/score", json={"items": items, "method": "adapter"}).json()
+            labels = [{"id": body["id"], "index": i, "correct": (r + i) % 3 == 0} for i in range(8)]
+            assert client.post("/feedback", json={"items": labels}).status_code == 200
+    assert rc.main(["--adapter", "head-unc@v1", "--method", "adapter", "--window", "1d", "--url", url]) == 0
+    capsys.readouterr()
+    new = AdapterManifest.read(root / "head-unc" / "v1-recal1")
+    old = AdapterManifest.read(root / "head-unc" / "v1")
+    assert new.model_extra["recalibration"]["method"] == "adapter"
+    assert new.head == old.head and new.temperature != old.temperature
+    assert new.calibration_outcomes is not None and len(new.calibration_outcomes.gaps) == 320
+
+
+def test_a_rescaled_head_is_the_platt_rescaling_of_the_old_heads_logit():
+    from service.calibration import estimator
+    from tests.unit.test_calibrated_head import HEAD
+
+    head = estimator.HeadParams.model_validate(HEAD)
+    values = estimator.features(0.8, estimator.AnswerLikelihood(-6.0, -1.5, 4), "Paris")
+    z = estimator.head_logit(head, values)
+    new = rc.rescaled_head(head, 1.7, -0.3)
+    assert estimator.head_confidence(new, values) == pytest.approx(1 / (1 + math.exp(-(1.7 * z - 0.3))))
