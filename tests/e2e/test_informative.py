@@ -16,7 +16,8 @@ DEFAULT_METHOD = "calibrated_head"  # what a request naming none gets from v7 (i
 
 # Measured on v7 (CPU, 2026-12-02): Paris 0.475 > Berlin 0.382, Shakespeare 0.599 > Dickens
 # 0.442, but 56 0.535 < 54 0.570. The 56/54 miss is a finding (see the README), kept as a
-# strict xfail: it is reported, and the day it passes the test says so.
+# strict xfail: it is reported, and the day it passes the test says so. The base model itself
+# prefers 54 as the reply (log-prob -6.67 vs -8.79, adapters.likelihood_ceiling).
 MISSED_56 = pytest.mark.xfail(strict=True, reason="v7's head scores 54 above 56 (0.570 vs 0.535)")
 PAIRS = [
     ("What is the capital of France?", "The capital of France is Paris.", "The capital of France is Berlin."),

@@ -245,24 +245,17 @@ def head_truth(confidence: float, slope: float = TRUE_SLOPE, offset: float = TRU
 
 
 @pytest.fixture
-def served_head(tmp_path, monkeypatch):
+def served_head(settings, monkeypatch):
+    """The server of `served`, with a version carrying a head as the default adapter."""
     from tests.unit.conftest import write_adapter
     from tests.unit.test_calibrated_head import HEAD
 
-    root = tmp_path / "adapters"
+    root = settings.adapter_root
     write_adapter(root, "head-unc", "v1", temperature=2.0, head=HEAD)
     monkeypatch.setenv("CONFIDENCE_ADMIN_TOKEN", TOKEN)
     monkeypatch.setenv("CONFIDENCE_ADAPTER_ROOT", str(root))
-    settings = Settings(
-        adapter_root=root,
-        default_adapter="head-unc",
-        max_score_items=8,
-        default_max_tokens=4,
-        max_tokens_limit=16,
-        query_reserve_tokens=16,
-        admin_token=TOKEN,
-    )  # the outcome store: the autouse fixture's CONFIDENCE_FEEDBACK_DB_PATH, as rc.main reads it
-    with serve_in_thread(build_app(settings, engine=FakeEngine())) as url:
+    fields = {**settings.model_dump(), "admin_token": TOKEN, "default_adapter": "head-unc"}
+    with serve_in_thread(build_app(Settings.model_validate(fields), engine=FakeEngine())) as url:
         yield url, root
 
 
