@@ -19,6 +19,7 @@ from typing import ClassVar
 import httpx
 import pytest
 
+from tests.e2e.conftest import SAME_READ_ABS
 from tests.gateway import Gateway
 
 pytestmark = pytest.mark.e2e
@@ -96,7 +97,7 @@ def test_openai_client_through_the_gateway_gets_confidences_streamed(gateway: Ga
     assert len(chunks) > 3  # passed on chunk by chunk, not as one buffered body
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == plain.choices[0].message.content
     assert chunks[-1].choices[0].confidence["value"] == pytest.approx(
-        plain.choices[0].confidence["value"], abs=1e-6
+        plain.choices[0].confidence["value"], abs=SAME_READ_ABS
     )
     stranger = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="not-a-key", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as refused:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from tests.e2e.conftest import SAME_READ_ABS
+
 pytestmark = pytest.mark.e2e
 
 DEFAULT_METHOD = "calibrated_head"  # what a request naming none gets from v7 (it has a head)
@@ -47,4 +49,4 @@ def test_generate_reads_the_default_method_from_the_sampled_answer(server):
     assert 0.0 < default.json()["confidence"] < 1.0
     # Greedy, so the same answer: the default is that method, not another with its label.
     assert default.json()["text"] == named.json()["text"]
-    assert default.json()["confidence"] == pytest.approx(named.json()["confidence"], abs=1e-6)
+    assert default.json()["confidence"] == pytest.approx(named.json()["confidence"], abs=SAME_READ_ABS)

@@ -10,6 +10,8 @@ import httpx
 import openai
 import pytest
 
+from tests.e2e.conftest import SAME_READ_ABS
+
 pytestmark = pytest.mark.e2e
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -61,7 +63,7 @@ def test_chat_plain_and_streamed_agree(client, model):
     assert "".join(pieces) == text
     last = [c for c in chunks if c.choices][-1].choices[0]
     assert last.finish_reason == plain.choices[0].finish_reason
-    assert last.confidence["value"] == pytest.approx(confidence["value"], abs=1e-6)
+    assert last.confidence["value"] == pytest.approx(confidence["value"], abs=SAME_READ_ABS)
     assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
 
 
@@ -77,7 +79,7 @@ def test_completions_plain_and_streamed(client, model):
     )
     assert "".join(c.choices[0].text for c in chunks) == plain.choices[0].text
     assert chunks[-1].choices[0].confidence["value"] == pytest.approx(
-        plain.choices[0].confidence["value"], abs=1e-6
+        plain.choices[0].confidence["value"], abs=SAME_READ_ABS
     )
 
 
@@ -156,7 +158,7 @@ def test_native_generate_streams_the_same_answer_and_confidence(server):
     assert frames[-1] == "[DONE]"
     *deltas, final = [json.loads(frame) for frame in frames[:-1]]
     assert len(deltas) > 1 and "".join(d["text"] for d in deltas) == plain["text"] == final["text"]
-    assert final["confidence"] == pytest.approx(plain["confidence"], abs=1e-6)
+    assert final["confidence"] == pytest.approx(plain["confidence"], abs=SAME_READ_ABS)
 
 
 def test_score_a_chat_with_documents(server):
