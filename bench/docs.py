@@ -138,6 +138,12 @@ def scaling(r: dict[str, Any]) -> list[str]:
     return [*table, "", f"Confidence method: `{r['method']}`.", "", f"![scaling]({plot})"]
 
 
+def prefill_budget(r: dict[str, Any]) -> list[str]:
+    from bench import prefill_budget as bench_budget
+
+    return md(bench_budget.COLUMNS, bench_budget.rows(r))
+
+
 def cpu_threads(r: dict[str, Any]) -> list[str]:
     rows = [
         [
@@ -207,6 +213,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "overhead": ("Confidence overhead (goal ≤ 1.15)", overhead),
     "overhead_profile": ("Where the overhead goes at 16 clients", overhead_profile),
     "scaling": ("Growth with concurrency and answer length", scaling),
+    "prefill_budget": ("Engine step budget (chunked prefill) vs the overhead", prefill_budget),
     "vs_sampling": ("Versus sampling self-consistency", vs_sampling),
     "score_throughput": ("/score throughput (goal ≥ 4x at 32 clients)", score_throughput),
     "quality": ("Held-out quality", quality),

@@ -36,14 +36,16 @@ from bench.common import (
 NAME = "overhead"
 
 
-async def measure(args: argparse.Namespace, engine: Any = None) -> dict[str, Any]:
+async def measure(args: argparse.Namespace, engine: Any = None, **overrides: Any) -> dict[str, Any]:
+    """Every arm in `args.arms` (plain and confidence always) per client count; `overrides`
+    go to the service's settings (bench.prefill_budget varies the engine's step budget)."""
     from service.api.protocol import GenerateRequest, Method
     from service.calibration import query as cq
     from service.engine.base import PrefixCacheStats, SamplingOptions
     from service.errors import InvalidRequestError
 
     settings = settings_for(
-        args, default_max_tokens=args.max_tokens, max_tokens_limit=max(args.max_tokens, 1024)
+        args, default_max_tokens=args.max_tokens, max_tokens_limit=max(args.max_tokens, 1024), **overrides
     )
     pool = QuestionPool()
     # Each run of an arm asks questions no other request asked (see QuestionPool).
@@ -77,9 +79,12 @@ async def measure(args: argparse.Namespace, engine: Any = None) -> dict[str, Any
             "zero_shot": with_method(Method.zero_shot),
             "cached": with_method(Method.adapter, answer_with_adapter=True),
         }
+        wanted = {"plain", "confidence", *getattr(args, "arms", ARMS)}
+        arms = {name: arm for name, arm in arms.items() if name in wanted}
         try:
-            await arms["head"](0)
-        except InvalidRequestError:  # the default adapter version has no head: two arms only
+            if "head" in arms:
+                await arms["head"](0)
+        except InvalidRequestError:  # the default adapter version has no head: no head arm
             del arms["head"]
         rows: dict[str, dict[str, Any]] = {}
         for clients in args.clients:
@@ -109,12 +114,15 @@ async def measure(args: argparse.Namespace, engine: Any = None) -> dict[str, Any
                 summary["plain"]["throughput_rps"] / summary["confidence"]["throughput_rps"]
             )
             for arm in ("zero_shot", "cached"):
-                summary[f"{arm}_latency_ratio"] = summary[arm]["mean_s"] / summary["plain"]["mean_s"]
+                if arm in summary:
+                    summary[f"{arm}_latency_ratio"] = summary[arm]["mean_s"] / summary["plain"]["mean_s"]
             if "head" in summary:
                 summary["head_latency_ratio"] = summary["head"]["mean_s"] / summary["plain"]["mean_s"]
                 summary["head_vs_adapter_ratio"] = summary["head"]["mean_s"] / summary["confidence"]["mean_s"]
             rows[str(clients)] = summary
+        budget = getattr(service.engine, "step_token_budget", None)
     return {
+        "step_token_budget": budget,
         "max_tokens": args.max_tokens,
         "requests_per_arm": args.requests,
         "goal_ratio": 1.15,
@@ -174,6 +182,9 @@ def options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--requests", type=int, default=64, help="requests per arm and client count")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 16])
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument(
+        "--arms", nargs="+", default=list(ARMS), choices=ARMS, help="plain and confidence always run"
+    )
 
 
 SCRIPT = Script(NAME, __doc__, options, QUICK, measure, report)

@@ -76,6 +76,15 @@ class Settings(BaseSettings):
         "vLLM's own default on GPU.",
     )
 
+    max_num_batched_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="Tokens one engine step may hold (vLLM max_num_batched_tokens, the chunked-prefill "
+        "budget; at least vLLM's max_num_seqs, 128): smaller keeps running decodes from waiting on "
+        "confidence prefills, larger batches more prefill per step. Default: vLLM's (2048 on CPU); "
+        "`python -m bench.prefill_budget` measures the trade-off.",
+    )
+
     default_max_tokens: int = Field(default=128, ge=1)
     max_tokens_limit: int = Field(default=1024, ge=1, description="Largest max_tokens a request may ask.")
     max_score_items: int = Field(default=64, ge=1, description="Largest /score batch.")

@@ -65,6 +65,7 @@ class VLLMEngine(Engine):
         seed: int = 0,
         enforce_eager: bool = False,
         block_size: int | None = None,
+        max_num_batched_tokens: int | None = None,
     ) -> None:
         self._model = model
         self._max_model_len = max_model_len
@@ -82,6 +83,8 @@ class VLLMEngine(Engine):
             "gpu_memory_utilization": gpu_memory_utilization,
             "tensor_parallel_size": tensor_parallel_size,
         }
+        if max_num_batched_tokens is not None:
+            self._engine_kwargs["max_num_batched_tokens"] = max_num_batched_tokens
         self._kv_cache_gib = kv_cache_gib
         self._block_size = block_size
         self._llm: AsyncLLM | None = None
@@ -143,6 +146,11 @@ class VLLMEngine(Engine):
     @property
     def model_path(self) -> str:
         return self._model
+
+    @property
+    def step_token_budget(self) -> int:
+        """Tokens one engine step may hold, as vLLM resolved it (max_num_batched_tokens)."""
+        return int(self.llm.vllm_config.scheduler_config.max_num_batched_tokens)
 
     async def _stream(
         self, prompt_ids: Sequence[int], params: Any, lora: LoRA | None

@@ -79,6 +79,7 @@ def make_engine(settings: Settings, model: str) -> Engine:
         seed=settings.seed,
         enforce_eager=settings.enforce_eager,
         block_size=settings.kv_block_size,
+        max_num_batched_tokens=settings.max_num_batched_tokens,
     )
 
 

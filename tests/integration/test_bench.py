@@ -24,6 +24,7 @@ from bench import (
     openai_vs_vllm,
     overhead,
     overhead_profile,
+    prefill_budget,
     quality,
     roofline,
     scaling,
@@ -112,6 +113,17 @@ def test_cpu_threads_compares_both_bindings(tiny_model, adapter_root, tmp_path):
     assert set(data["settings"]) == {"vllm_auto", "all_cores"}
     for setting in data["settings"].values():
         assert setting["score_items_per_s"] > 0 and setting["health_under_load"]["probes"] > 0
+
+
+def test_prefill_budget_runs_each_budget_on_its_own_engine(tiny_model, adapter_root, tmp_path):
+    """Each budget starts an engine with it (vLLM reads it at start-up); the script checks
+    that vLLM resolved the budget it asked for."""
+    args = quick_args(prefill_budget, tiny_model, adapter_root, tmp_path / "out.json")
+    result = asyncio.run(prefill_budget.measure(args))
+    data = record(publish(prefill_budget.NAME, args, result, prefill_budget.report))
+    assert set(data["budgets"]) == {"128", "2048"}
+    for by_clients in data["budgets"].values():
+        assert by_clients["2"]["latency_ratio"] > 0 and by_clients["2"]["plain"]["requests"] == 4
 
 
 def test_roofline_measures_a_positive_peak_per_dtype(tmp_path):
