@@ -168,11 +168,12 @@ async def run(out: Path, per_source: int, n_boot: int) -> dict[str, Any]:
         readme = await logprob_sums(engine, readme_items())
     finally:
         engine.shutdown()
+    rows = signal_rows(records, sums)
     result: dict[str, Any] = {
         "split": "calibration",
         "records": len(records),
-        "questions": len(by_question(signal_rows(records, sums))),
-        "summary": summarize(signal_rows(records, sums), n_boot=n_boot),
+        "questions": len(by_question(rows)),
+        "summary": summarize(rows, n_boot=n_boot),
         "readme_pairs": readme_rows(readme),
     }
     out.mkdir(parents=True, exist_ok=True)

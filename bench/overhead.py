@@ -79,7 +79,7 @@ async def measure(args: argparse.Namespace, engine: Any = None, **overrides: Any
             "zero_shot": with_method(Method.zero_shot),
             "cached": with_method(Method.adapter, answer_with_adapter=True),
         }
-        wanted = {"plain", "confidence", *getattr(args, "arms", ARMS)}
+        wanted = {"plain", "confidence", *args.arms}
         arms = {name: arm for name, arm in arms.items() if name in wanted}
         try:
             if "head" in arms:
