@@ -19,14 +19,25 @@ from tests.tiny_model import build_tiny_model
 pytestmark = pytest.mark.integration
 
 
-def make_random_lora(model_dir: Path, out: Path, *, seed: int, scale: float = 0.5) -> Path:
-    """A peft LoRA (r=8, q/v) with random non-zero B, so it visibly changes the model."""
+def make_random_lora(
+    model_dir: Path,
+    out: Path,
+    *,
+    seed: int,
+    scale: float = 0.5,
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj"),
+    layers: list[int] | None = None,
+) -> Path:
+    """A peft LoRA (r=8, q/v of every layer unless told) with random non-zero B, so it
+    visibly changes the model."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    config = LoraConfig(
+        r=8, lora_alpha=16, target_modules=list(target_modules), layers_to_transform=layers, lora_dropout=0.0
+    )
     peft_model = get_peft_model(model, config)
     generator = torch.Generator().manual_seed(seed)
     for name, param in peft_model.named_parameters():

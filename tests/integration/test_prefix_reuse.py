@@ -1,13 +1,17 @@
 """The confidence query extends the generation's own token ids, so vLLM's prefix cache
-serves prompt + answer to a read under the same weights (real engine, tiny model)."""
+serves prompt + answer to a read under the same weights, and to a read through an adapter
+that only adapts the last layer's MLP (real engine, tiny model)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
 from service.calibration import query as cq
-from service.engine.base import PrefixCacheStats, SamplingOptions
+from service.engine.base import LoRA, PrefixCacheStats, SamplingOptions
 from service.serving.core import ConfidenceService, Limits, Prompt
+from tests.integration.conftest import make_random_lora
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -64,3 +68,57 @@ async def test_a_query_that_leaves_out_the_system_turn_is_tokenized_from_text(en
     query = await service.answer_query(prompt, completion)
     assert query == cq.query_ids(engine.tokenizer, chat, completion.text)
     assert query[: len(prompt.ids)] != prompt.ids
+
+
+MLP = ("gate_proj", "up_proj", "down_proj")
+
+
+@pytest.fixture(scope="module")
+def last_layer_adapters(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, LoRA]:
+    """Random LoRAs on the tiny model's last layer (of 2): MLP only, and attention q/v."""
+    root = tmp_path_factory.mktemp("last_layer")
+    make_random_lora(tiny_model, root / "mlp", seed=5, target_modules=MLP, layers=[1])
+    make_random_lora(tiny_model, root / "attn", seed=6, layers=[1])
+    return {"mlp": LoRA("last-mlp", 11, root / "mlp"), "attn": LoRA("last-attn", 12, root / "attn")}
+
+
+async def read_after_generation(
+    engine, lora: LoRA, question: str
+) -> tuple[list[int], list[float], PrefixCacheStats, int]:
+    service = core(engine)
+    prompt, completion = await generated(service, question)
+    query = await service.answer_query(prompt, completion)
+    engine.prefix_cache["read"] = PrefixCacheStats()
+    labels = [service.labels.no_id, service.labels.yes_id]
+    logprobs = await engine.next_token_logprobs(query, labels, lora=lora)
+    reused = len(prompt.ids) + completion.completion_tokens - 1  # tokens the generation's KV holds
+    return query, logprobs, engine.prefix_cache["read"], reused
+
+
+async def test_a_last_layer_mlp_adapter_reads_from_the_base_cache_and_the_same(engine, last_layer_adapters):
+    lora = last_layer_adapters["mlp"]
+    await engine.add_lora(lora)
+    try:
+        query, cached, stats, reused = await read_after_generation(engine, lora, QUESTION + " Use one word.")
+        assert stats.cached_tokens >= (reused // 32) * 32 > 0, stats
+        labels = [cq.label_tokens(engine.tokenizer).no_id, cq.label_tokens(engine.tokenizer).yes_id]
+        assert await engine.reset_prefix_cache()
+        fresh = await engine.next_token_logprobs(query, labels, lora=lora)
+        base = await engine.next_token_logprobs(query, labels)
+    finally:
+        await engine.remove_lora(lora)
+    # The cached read equals a full prefill through the adapter, and the adapter does move
+    # the read (else the equality would say nothing).
+    assert cached == pytest.approx(fresh, abs=1e-3)
+    assert max(abs(a - b) for a, b in zip(fresh, base, strict=True)) > 1e-2
+
+
+async def test_an_adapter_on_attention_keeps_its_own_cache(engine, last_layer_adapters):
+    lora = last_layer_adapters["attn"]
+    await engine.add_lora(lora)
+    try:
+        _, _, stats, reused = await read_after_generation(engine, lora, QUESTION + " Name a colour.")
+    finally:
+        await engine.remove_lora(lora)
+    assert reused >= 32
+    assert stats.cached_tokens == 0, stats
