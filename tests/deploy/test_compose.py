@@ -36,7 +36,7 @@ def config() -> Any:
 
 def test_stack_has_every_part(config: Any) -> None:
     assert set(config["services"]) == {
-        "gateway", "confidence", "prometheus", "grafana", "postgres", "train", "recalibrate",
+        "gateway", "confidence", "volumes-init", "prometheus", "grafana", "postgres", "train", "recalibrate",
     }  # fmt: skip
     assert {"adapters", "model-cache", "feedback-db"} <= set(config["volumes"])
 
@@ -89,6 +89,12 @@ def test_service_wiring(config: Any) -> None:
     )
     assert service["build"]["target"] == "cpu"
     assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # Replicas start only after one container populated the shared volumes (Docker's copy
+    # of the image's files into a new volume races when two containers do it at once).
+    assert service["depends_on"]["volumes-init"]["condition"] == "service_completed_successfully"
+    init = config["services"]["volumes-init"]
+    assert init["image"] == service["image"] and init["build"] == service["build"]
+    assert mount_targets(init) == {"/var/lib/confidence/adapters", "/var/cache/confidence"}
     # Grace beyond the drain timeout, so SIGKILL never cuts a draining replica short.
     grace = int(service["stop_grace_period"].rstrip("s"))
     assert grace > float(env["CONFIDENCE_DRAIN_TIMEOUT_S"])
