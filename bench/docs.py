@@ -211,6 +211,8 @@ SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "roofline": ("Machine peak (matmul roofline)", roofline),
     "cpu_threads": ("CPU thread binding", cpu_threads),
     "overhead": ("Confidence overhead (goal ≤ 1.15)", overhead),
+    "overhead_v7_here": ("Confidence overhead, shipped adapter (v7), beside the next table", overhead),
+    "overhead_kv_shared": ("Confidence overhead, KV-sharing adapter (LoRA on the last MLP only)", overhead),
     "overhead_profile": ("Where the overhead goes at 16 clients", overhead_profile),
     "scaling": ("Growth with concurrency and answer length", scaling),
     "prefill_budget": ("Engine step budget (chunked prefill) vs the overhead", prefill_budget),

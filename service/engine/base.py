@@ -148,6 +148,13 @@ class Engine(abc.ABC):
     async def remove_lora(self, lora: LoRA) -> None:
         """Drop an adapter no request uses any more (frees its slot and host memory)."""
 
+    def shares_base_kv(self, lora: LoRA) -> bool:
+        """Whether a read through this adapter reuses the base model's cached prefix (an
+        adapter that cannot change the KV cache, `service.engine.kv_sharing`); a caller then
+        runs the base model's read of the same prefix first. No engine does unless it says so."""
+        del lora
+        return False
+
     @abc.abstractmethod
     async def reset_prefix_cache(self) -> bool:
         """Forget every cached prompt prefix, so no later request reuses KV computed so far.

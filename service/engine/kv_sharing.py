@@ -98,17 +98,23 @@ def adapter_shares_base_kv(adapter_path: str, num_layers: int | None) -> bool:
     return _adapter_preserves_kv(adapter_path, num_layers, mtime_ns)
 
 
-def _depth_of(vllm_config: Any) -> int | None:
+def model_depth(vllm_config: Any) -> int | None:
+    """The served model's number of decoder layers, from vLLM's config (None if unknown)."""
     text_config = getattr(getattr(vllm_config, "model_config", None), "hf_text_config", None)
     layers = getattr(text_config, "num_hidden_layers", None)
     return layers if isinstance(layers, int) and layers > 0 else None
 
 
-def apply() -> bool:
-    """Patch vLLM's LoRA block-hash keys and record the depth at scheduler start."""
+def patch_applies() -> bool:
+    """Whether this vLLM is a version the patch was checked against (else nothing is shared)."""
     import vllm
 
-    if not vllm.__version__.startswith(CHECKED_VLLM_VERSIONS):
+    return vllm.__version__.startswith(CHECKED_VLLM_VERSIONS)
+
+
+def apply() -> bool:
+    """Patch vLLM's LoRA block-hash keys and record the depth at scheduler start."""
+    if not patch_applies():
         return False
     from vllm.v1.core import kv_cache_utils
     from vllm.v1.core.sched.scheduler import Scheduler
@@ -130,7 +136,7 @@ def apply() -> bool:
     @functools.wraps(scheduler_init)
     def init(self: Any, vllm_config: Any, *args: Any, **kwargs: Any) -> None:
         global _model_depth
-        _model_depth = _depth_of(vllm_config)
+        _model_depth = model_depth(vllm_config)
         scheduler_init(self, vllm_config, *args, **kwargs)
 
     Scheduler.__init__ = init  # type: ignore[method-assign]

@@ -294,6 +294,13 @@ class VLLMEngine(Engine):
     async def remove_lora(self, lora: LoRA) -> None:
         await self.llm.remove_lora(lora.int_id)
 
+    def shares_base_kv(self, lora: LoRA) -> bool:
+        from service.engine import kv_sharing
+
+        if not kv_sharing.patch_applies():
+            return False
+        return kv_sharing.adapter_shares_base_kv(str(lora.path), kv_sharing.model_depth(self.llm.vllm_config))
+
     async def reset_prefix_cache(self) -> bool:
         return bool(await self.llm.reset_prefix_cache())
 

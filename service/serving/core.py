@@ -480,10 +480,17 @@ class ConfidenceService:
         read computes it already), awaited together with the query so vLLM batches both."""
         if reader.head is None:
             return await self.read(query_ids, reader)
-        gap, answer_likelihood = await asyncio.gather(
-            self.gap(query_ids, reader),
-            likelihood if likelihood is not None else self.answer_likelihood(scored),
-        )
+        if likelihood is None and reader.lora is not None and self.engine.shares_base_kv(reader.lora):
+            # The base prefill of question + answer leaves in the prefix cache what this
+            # adapter's query starts with: one prefill and the query's own tokens, instead
+            # of two full prefills batched together.
+            answer_likelihood = await self.answer_likelihood(scored)
+            gap = await self.gap(query_ids, reader)
+        else:
+            gap, answer_likelihood = await asyncio.gather(
+                self.gap(query_ids, reader),
+                likelihood if likelihood is not None else self.answer_likelihood(scored),
+            )
         features = estimator.features(gap, answer_likelihood, scored.answer)
         return estimator.head_confidence(reader.head, features)
 

@@ -122,3 +122,38 @@ async def test_an_adapter_on_attention_keeps_its_own_cache(engine, last_layer_ad
         await engine.remove_lora(lora)
     assert reused >= 32
     assert stats.cached_tokens == 0, stats
+
+
+async def scored_by_head(engine, lora: LoRA, answer: str) -> PrefixCacheStats:
+    """/score's read of one answer by the calibrated head (adapter query + base likelihood)."""
+    from service.calibration.estimator import HeadParams
+    from service.serving.core import ConfidenceReader, Scored
+    from tests.unit.test_calibrated_head import HEAD
+
+    service = core(engine)
+    question = [{"role": "user", "content": QUESTION + " Answer in a sentence."}]
+    reader = ConfidenceReader("calibrated_head", lora, 1.0, None, head=HeadParams(**HEAD))
+    engine.prefix_cache["read"] = PrefixCacheStats()
+    query = cq.query_ids(engine.tokenizer, question, answer)
+    confidence = await service.read_answer(query, reader, Scored(question, answer, None))
+    assert 0.0 < confidence < 1.0
+    return engine.prefix_cache["read"]
+
+
+async def test_the_head_reads_a_kv_sharing_adapter_after_the_base_prefill(engine, last_layer_adapters):
+    answer = "It is a clear, deep blue, a little paler near the horizon over the river."
+    shared, own = last_layer_adapters["mlp"], last_layer_adapters["attn"]
+    assert engine.shares_base_kv(shared) and not engine.shares_base_kv(own)
+    for lora in (shared, own):
+        await engine.add_lora(lora)
+    try:
+        assert await engine.reset_prefix_cache()
+        stats = await scored_by_head(engine, shared, answer)
+        assert await engine.reset_prefix_cache()
+        # Batched together, the adapter's query finds nothing the base prefill computed.
+        unshared = await scored_by_head(engine, own, answer)
+    finally:
+        for lora in (shared, own):
+            await engine.remove_lora(lora)
+    assert stats.cached_tokens >= 32, stats
+    assert unshared.cached_tokens == 0, unshared
