@@ -259,8 +259,10 @@ def served_head(settings, monkeypatch):
         yield url, root
 
 
-def stream_head(url: str, n_requests: int, truth) -> None:
-    """Score batches of 8 naming no method (so calibrated_head) and label each item by a draw."""
+def stream_head(url: str, n_requests: int, truth) -> list[float]:
+    """Score batches of 8 naming no method (so calibrated_head) and label each item by a draw;
+    returns the served confidences."""
+    served: list[float] = []
     with httpx.Client(base_url=url, timeout=30) as client:
         for r in range(n_requests):
             items = [{"question": f"head stream {r} {i}?", "answer": f"a {i} {r % 7}"} for i in range(8)]
@@ -275,11 +277,13 @@ def stream_head(url: str, n_requests: int, truth) -> None:
                 for item in body["items"]
             ]
             assert client.post("/feedback", json={"items": labels}).status_code == 200
+            served += [item["confidence"] for item in body["items"]]
+    return served
 
 
 def test_the_default_methods_labels_refit_the_head_and_the_new_head_serves_the_rescaling(served_head, capsys):
     url, root = served_head
-    stream_head(url, 200, head_truth)  # 1,600 labels, half held out: the ECE CI is narrow on any split
+    served = stream_head(url, 400, head_truth)  # 3,200 labels, half held out: the ECE CI is narrow
     args = ["--adapter", "head-unc@v1", "--window", "1d", "--holdout", "0.5", "--promote", "--url", url]
     assert rc.main(args) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -289,9 +293,13 @@ def test_the_default_methods_labels_refit_the_head_and_the_new_head_serves_the_r
     old = AdapterManifest.read(root / "head-unc" / "v1")
     new = AdapterManifest.read(root / "head-unc" / "v1-recal1")
     refit = new.model_extra["recalibration"]
-    assert refit["method"] == "calibrated_head" and refit["n_labels"] == 1600
+    assert refit["method"] == "calibrated_head" and refit["n_labels"] == 3200
     slope, offset = refit["refit"]["head"]["slope"], refit["refit"]["head"]["offset"]
-    assert slope == pytest.approx(TRUE_SLOPE, rel=0.3) and offset == pytest.approx(TRUE_OFFSET, abs=0.5)
+    # Slope and offset trade off against each other over the narrow band of logits the head
+    # serves (800 random labels moved the offset by ±0.6), so the fit is judged where it is used:
+    # on the served confidences its probabilities must match the truth that drew the labels.
+    errors = [abs(head_truth(p, slope, offset) - head_truth(p)) for p in served]
+    assert max(errors) < 0.08 and sum(errors) / len(errors) < 0.03, (slope, offset)
     assert new.head is not None and old.head is not None
     assert new.head.coef == pytest.approx([slope * c for c in old.head.coef])
     assert new.temperature == old.temperature  # the adapter's own calibration is not touched
