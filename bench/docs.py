@@ -36,6 +36,7 @@ def md(columns: list[str], rows: list[list[Any]]) -> list[str]:
 OVERHEAD_ARMS = {
     "plain": "plain generation",
     "confidence": "method adapter (LoRA + Prompt)",
+    "second": "method adapter through --second-adapter",
     "head": "method calibrated_head",
     "zero_shot": "method zero_shot (base model read)",
     "cached": "adapter, answer_with_adapter",
@@ -51,6 +52,8 @@ def overhead(r: dict[str, Any]) -> list[str]:
                 continue
             a = s[arm]
             hits = a.get("prefix_cache_hit_rate", {})
+            if arm == "second":
+                label = f"method adapter through {r['second_adapter']}"
             rows.append(
                 [
                     clients,

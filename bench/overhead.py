@@ -9,6 +9,9 @@ default adapter version with a head), "zero_shot" the query read by the base mod
 ids extend the generation's, so vLLM's prefix cache holds prompt + answer), and "cached"
 method "adapter" with `answer_with_adapter` (the answer generated through the adapter, so
 the adapter's read finds prompt + answer cached: the limit of the query's own prefill).
+With `--second-adapter DIR`, arm "second" is method "adapter" through that version, loaded
+beside the default in the same engine and timed in the same palindrome: two adapters'
+overheads compared side by side in one run (e.g. a KV-sharing adapter against the default).
 HTTP is left out on purpose: it costs every arm the same. Arms run in a palindrome
 (plain, confidence, ..., confidence, plain) to cancel drift. Each arm reports the prefix
 cache hit rate of its engine requests. Goal: latency ratio <= 1.15; the head should cost
@@ -21,6 +24,9 @@ no more than "confidence".
 from __future__ import annotations
 
 import argparse
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from bench.common import (
@@ -44,13 +50,18 @@ async def measure(args: argparse.Namespace, engine: Any = None, **overrides: Any
     from service.engine.base import PrefixCacheStats, SamplingOptions
     from service.errors import InvalidRequestError
 
+    second: str | None = None
+    if getattr(args, "second_adapter", None) is not None:  # bench.prefill_budget's args have none
+        overrides["adapter_root"], second = both_adapters(args.adapter, args.second_adapter)
     settings = settings_for(
         args, default_max_tokens=args.max_tokens, max_tokens_limit=max(args.max_tokens, 1024), **overrides
     )
     pool = QuestionPool()
     # Each run of an arm asks questions no other request asked (see QuestionPool).
     current: list[str] = pool.take(max(args.clients))
-    async with in_process_service(settings, engine) as (service, _):
+    async with in_process_service(settings, engine) as (service, ops):
+        if second is not None and not any(a.spec == second for a in service.registry.list()):
+            await ops.load(*second.split("@"))  # same name as the default: start-up staged only one
         tokenizer = service.engine.tokenizer
         options = SamplingOptions(max_tokens=args.max_tokens)
 
@@ -58,7 +69,7 @@ async def measure(args: argparse.Namespace, engine: Any = None, **overrides: Any
             chat = [{"role": "user", "content": current[i]}]
             await service.engine.generate(cq.encode_rendered(tokenizer, cq.render(tokenizer, chat)), options)
 
-        def with_method(method: Method, answer_with_adapter: bool = False) -> Any:
+        def with_method(method: Method, answer_with_adapter: bool = False, adapter: str | None = None) -> Any:
             async def arm(i: int) -> None:
                 question = current[i]
                 await service.generate(
@@ -67,6 +78,7 @@ async def measure(args: argparse.Namespace, engine: Any = None, **overrides: Any
                         max_tokens=args.max_tokens,
                         method=method,
                         answer_with_adapter=answer_with_adapter,
+                        adapter=adapter,
                     )
                 )
 
@@ -75,11 +87,12 @@ async def measure(args: argparse.Namespace, engine: Any = None, **overrides: Any
         arms = {
             "plain": plain,
             "confidence": with_method(Method.adapter),
+            "second": with_method(Method.adapter, adapter=second),
             "head": with_method(Method.calibrated_head),
             "zero_shot": with_method(Method.zero_shot),
             "cached": with_method(Method.adapter, answer_with_adapter=True),
         }
-        wanted = {"plain", "confidence", *args.arms}
+        wanted = {"plain", "confidence", *args.arms} - {"second"} | ({"second"} if second else set())
         arms = {name: arm for name, arm in arms.items() if name in wanted}
         try:
             if "head" in arms:
@@ -113,15 +126,19 @@ async def measure(args: argparse.Namespace, engine: Any = None, **overrides: Any
             summary["throughput_ratio"] = (
                 summary["plain"]["throughput_rps"] / summary["confidence"]["throughput_rps"]
             )
-            for arm in ("zero_shot", "cached"):
+            for arm in ("second", "zero_shot", "cached"):
                 if arm in summary:
                     summary[f"{arm}_latency_ratio"] = summary[arm]["mean_s"] / summary["plain"]["mean_s"]
+            if "second" in summary:
+                second_s, adapter_s = summary["second"]["mean_s"], summary["confidence"]["mean_s"]
+                summary["second_vs_adapter_ratio"] = second_s / adapter_s
             if "head" in summary:
                 summary["head_latency_ratio"] = summary["head"]["mean_s"] / summary["plain"]["mean_s"]
                 summary["head_vs_adapter_ratio"] = summary["head"]["mean_s"] / summary["confidence"]["mean_s"]
             rows[str(clients)] = summary
         budget = getattr(service.engine, "step_token_budget", None)
     return {
+        "second_adapter": second,
         "step_token_budget": budget,
         "max_tokens": args.max_tokens,
         "requests_per_arm": args.requests,
@@ -130,7 +147,21 @@ async def measure(args: argparse.Namespace, engine: Any = None, **overrides: Any
     }
 
 
-ARMS = ("plain", "confidence", "head", "zero_shot", "cached")
+ARMS = ("plain", "confidence", "second", "head", "zero_shot", "cached")
+CHOOSABLE_ARMS = tuple(a for a in ARMS if a != "second")  # "second" runs with --second-adapter
+
+
+def both_adapters(default: Path, second: Path) -> tuple[Path, str]:
+    """A scratch adapter root holding copies of both `<name>/<version>` directories (the
+    registry refuses symbolic links) and the second one's spec; the default keeps its name,
+    so settings_for serves it."""
+    default, second = default.resolve(), second.resolve()
+    if (default.parent.name, default.name) == (second.parent.name, second.name):
+        raise SystemExit(f"--second-adapter {second}: the same name and version as --adapter")
+    root = Path(tempfile.mkdtemp(prefix="bench-adapters-"))
+    for version_dir in (default, second):
+        shutil.copytree(version_dir, root / version_dir.parent.name / version_dir.name)
+    return root, f"{second.parent.name}@{second.name}"
 
 
 def report(result: dict[str, Any]) -> None:
@@ -160,7 +191,7 @@ def report(result: dict[str, Any]) -> None:
                 None,
             ]
         )
-        for arm in ("zero_shot", "cached"):
+        for arm in ("second", "zero_shot", "cached"):
             if f"{arm}_latency_ratio" in s:
                 rows.append(
                     [clients, f"ratio ({arm}/plain)", s[f"{arm}_latency_ratio"], None, None, None, None]
@@ -183,7 +214,17 @@ def options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clients", type=int, nargs="+", default=[1, 16])
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument(
-        "--arms", nargs="+", default=list(ARMS), choices=ARMS, help="plain and confidence always run"
+        "--arms",
+        nargs="+",
+        default=list(CHOOSABLE_ARMS),
+        choices=CHOOSABLE_ARMS,
+        help="plain and confidence always run",
+    )
+    p.add_argument(
+        "--second-adapter",
+        type=Path,
+        default=None,
+        help="another adapter version (<root>/<name>/<version>) timed as arm 'second' in the same run",
     )
 
 

@@ -83,7 +83,7 @@ def options(p: argparse.ArgumentParser) -> None:
         "--arms",
         nargs="+",
         default=["plain", "confidence", "head"],
-        choices=overhead.ARMS,
+        choices=overhead.CHOOSABLE_ARMS,
         help="bench.overhead's arms to run (plain and confidence always)",
     )
 

@@ -65,13 +65,23 @@ def record(path: Path) -> dict:
     ids=lambda m: m.NAME,
 )
 async def test_bench_script_quick(module, bench_engine, tiny_model, adapter_root, tmp_path):
-    extra = ["--plot", str(tmp_path / "scaling.png")] if module is scaling else []
+    extra = {
+        scaling: ["--plot", str(tmp_path / "scaling.png")],
+        overhead: ["--second-adapter", str(adapter_root / "beta" / "v1")],
+    }.get(module, [])
     args = quick_args(module, tiny_model, adapter_root, tmp_path / "out.json", *extra)
     result = await module.measure(args, bench_engine)
     data = record(publish(module.NAME, args, result, module.report))
     checks = {
-        "overhead": lambda d: all(
-            r["latency_ratio"] > 0 and r["cached_latency_ratio"] > 0 for r in d["clients"].values()
+        "overhead": lambda d: (
+            d["second_adapter"] == "beta@v1"
+            and all(
+                r["latency_ratio"] > 0
+                and r["cached_latency_ratio"] > 0
+                and r["second_latency_ratio"] > 0
+                and r["second"]["requests"] == r["confidence"]["requests"] > 0
+                for r in d["clients"].values()
+            )
         ),
         "overhead_profile": lambda d: (
             len(d["rounds"]) == 1 and all(v > 0 for v in d["mean_s"].values()) and d["service_ratio"] > 0
