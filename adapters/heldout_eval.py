@@ -243,24 +243,14 @@ def report(
     return written
 
 
-def report_untouched(
-    cal: Calibrators,
-    signals: Path,
-    graded: Sequence[Path],
-    out_dir: Path,
-    *,
-    metadata: Mapping[str, Any],
-    n_boot: int,
-    seed: int,
-) -> dict[str, Any]:
-    """The one read of the untouched set for a version already shipped: its own report in
-    `out_dir` (the version's report directory stays as its test read wrote it)."""
+def read_untouched(signals: Path, graded: Sequence[Path]) -> dict[str, list[Row]]:
+    """The untouched sets for `--untouched-only`: the one read of SST-2 for a version shipped
+    before it existed (its report directory stays as its test read wrote it)."""
     path = signals / "untouched.jsonl"
     sets = untouched_sets(load_rows(signals, "untouched", graded)) if path.exists() else {}
     if not sets or not all(sets.values()):
         raise SystemExit(f"{path}: no untouched rows; read them with adapters.signals_job --sets untouched")
-    results = score_sets(cal, sets)
-    return write_report(results, out_dir, metadata=metadata, n_boot=n_boot, seed=seed, baseline=BASELINE)
+    return sets
 
 
 def render_stratified(stratified: Mapping[str, Mapping[str, Any]]) -> str:
@@ -382,15 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "adapter_temperature": cal.adapter_temperature,
             "head": "the version's own (manifest)" if manifest.head is not None else cal.head.model_dump(),
         }
-        report_untouched(
-            cal,
-            args.signals,
-            args.graded,
-            args.out / "untouched",
-            metadata=metadata,
-            n_boot=args.n_boot,
-            seed=args.seed,
-        )
+        results = score_sets(cal, read_untouched(args.signals, args.graded))
+        write_report(results, args.out / "untouched", metadata=metadata, n_boot=args.n_boot, seed=args.seed)
         return 0
     selection = selection_numbers(cal, cal_rows, load_rows(args.signals, "ood", args.graded))
     selection["format_accuracy_calibration"] = format_accuracy(cal_rows)
