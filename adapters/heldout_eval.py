@@ -292,11 +292,13 @@ def export_with_head(
 
     manifest = AdapterManifest.read(source)
     shutil.copytree(source, dest, ignore=shutil.ignore_patterns("manifest.json"))
-    manifest.version = version
+    lora_from = f"{manifest.name}/{manifest.version}"
+    # The registry serves <name>/<version> only when the manifest says the same.
+    manifest.name, manifest.version = dest.parent.name, version
     manifest.created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     manifest.head = head
     manifest.head_reference_histogram = ReferenceHistogram.model_validate(reference)
-    manifest.training_data = {**manifest.training_data, "lora_weights_from": f"{source.name}", "head": note}
+    manifest.training_data = {**manifest.training_data, "lora_weights_from": lora_from, "head": note}
     # The source's held-out metrics describe the source; this version's come from its own report.
     manifest.metrics = {}
     manifest.write(dest)

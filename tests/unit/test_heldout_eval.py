@@ -57,6 +57,7 @@ def test_exported_version_keeps_the_lora_files_and_carries_a_valid_head(tmp_path
     )
     manifest = AdapterManifest.read(tmp_path / "unc" / "v7")
     assert manifest.version == "v7" and manifest.temperature == 1.5
+    assert manifest.training_data["lora_weights_from"] == "unc/v6"
     assert manifest.head == head
     assert (tmp_path / "unc" / "v7" / "adapter_model.safetensors").read_bytes() == (
         source / "adapter_model.safetensors"
@@ -154,3 +155,18 @@ def test_untouched_only_without_untouched_signals_says_how_to_read_them(tmp_path
     args = ["--signals", str(signals), "--adapter", str(adapter), "--graded", str(graded)]
     with pytest.raises(SystemExit, match="signals_job --sets untouched"):
         heldout_eval.main([*args, "--out", str(tmp_path / "r"), "--untouched-only"])
+
+
+def test_a_head_version_exported_under_another_name_is_served_under_that_name(tmp_path):
+    """An experiment's LoRA (its own name) becomes a version of the served adapter name: the
+    manifest must say <name>/<version> of its new directory or the registry refuses it."""
+    source = write_adapter(tmp_path / "experiments", "kvshared", "v1", temperature=1.2)
+    reference = {"bin_edges": [i / 10 for i in range(11)], "counts": [1] * 10}
+    dest = tmp_path / "exported" / "unc" / "v8"
+    dest.parent.mkdir(parents=True)
+    heldout_eval.export_with_head(
+        source, dest, version="v8", head=fit_head([*ROWS, *ROWS]), reference=reference, note="test"
+    )
+    manifest = AdapterManifest.read(dest)
+    assert (manifest.name, manifest.version) == (dest.parent.name, dest.name) == ("unc", "v8")
+    assert manifest.training_data["lora_weights_from"] == "kvshared/v1"
