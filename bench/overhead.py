@@ -50,9 +50,9 @@ async def measure(args: argparse.Namespace, engine: Any = None, **overrides: Any
     from service.engine.base import PrefixCacheStats, SamplingOptions
     from service.errors import InvalidRequestError
 
-    second: str | None = None
+    first = second = None
     if getattr(args, "second_adapter", None) is not None:  # bench.prefill_budget's args have none
-        overrides["adapter_root"], second = both_adapters(args.adapter, args.second_adapter)
+        overrides["adapter_root"], first, second = both_adapters(args.adapter, args.second_adapter)
     settings = settings_for(
         args, default_max_tokens=args.max_tokens, max_tokens_limit=max(args.max_tokens, 1024), **overrides
     )
@@ -60,8 +60,12 @@ async def measure(args: argparse.Namespace, engine: Any = None, **overrides: Any
     # Each run of an arm asks questions no other request asked (see QuestionPool).
     current: list[str] = pool.take(max(args.clients))
     async with in_process_service(settings, engine) as (service, ops):
-        if second is not None and not any(a.spec == second for a in service.registry.list()):
-            await ops.load(*second.split("@"))  # same name as the default: start-up staged only one
+        if first is not None and second is not None:
+            # Two versions of one name: start-up staged only the newer, and made it current.
+            for spec in (first, second):
+                if not any(a.spec == spec for a in service.registry.list()):
+                    await ops.load(*spec.split("@"))
+            await ops.set_default(first)
         tokenizer = service.engine.tokenizer
         options = SamplingOptions(max_tokens=args.max_tokens)
 
@@ -137,7 +141,9 @@ async def measure(args: argparse.Namespace, engine: Any = None, **overrides: Any
                 summary["head_vs_adapter_ratio"] = summary["head"]["mean_s"] / summary["confidence"]["mean_s"]
             rows[str(clients)] = summary
         budget = getattr(service.engine, "step_token_budget", None)
+        default = service.registry.default_adapter()
     return {
+        "default_adapter": default.spec if default is not None else None,
         "second_adapter": second,
         "step_token_budget": budget,
         "max_tokens": args.max_tokens,
@@ -151,17 +157,16 @@ ARMS = ("plain", "confidence", "second", "head", "zero_shot", "cached")
 CHOOSABLE_ARMS = tuple(a for a in ARMS if a != "second")  # "second" runs with --second-adapter
 
 
-def both_adapters(default: Path, second: Path) -> tuple[Path, str]:
+def both_adapters(default: Path, second: Path) -> tuple[Path, str, str]:
     """A scratch adapter root holding copies of both `<name>/<version>` directories (the
-    registry refuses symbolic links) and the second one's spec; the default keeps its name,
-    so settings_for serves it."""
+    registry refuses symbolic links), and the specs of the default and the second one."""
     default, second = default.resolve(), second.resolve()
     if (default.parent.name, default.name) == (second.parent.name, second.name):
         raise SystemExit(f"--second-adapter {second}: the same name and version as --adapter")
     root = Path(tempfile.mkdtemp(prefix="bench-adapters-"))
     for version_dir in (default, second):
         shutil.copytree(version_dir, root / version_dir.parent.name / version_dir.name)
-    return root, f"{second.parent.name}@{second.name}"
+    return root, f"{default.parent.name}@{default.name}", f"{second.parent.name}@{second.name}"
 
 
 def report(result: dict[str, Any]) -> None:

@@ -32,7 +32,7 @@ from bench import (
     vs_sampling,
 )
 from bench.common import DEFAULT_ADAPTER, http_server, publish, settings_for
-from tests.integration.conftest import started_engine
+from tests.integration.conftest import make_random_lora, started_engine, write_manifest
 
 pytestmark = pytest.mark.integration
 in_module_loop = pytest.mark.asyncio(loop_scope="module")  # the loop bench_engine lives in
@@ -51,6 +51,13 @@ def quick_args(module, tiny_model: Path, adapter_root: Path, out: Path, *extra: 
     )  # fmt: skip
 
 
+def newer_version(tiny_model: Path, adapter_root: Path, tmp_path: Path) -> Path:
+    """alpha@v2, in a root of its own: a newer version of the default adapter's name."""
+    path = make_random_lora(tiny_model, tmp_path / "second" / "alpha" / "v2", seed=3)
+    write_manifest(path, tiny_model, "alpha", "v2", temperature=1.5)
+    return path
+
+
 def record(path: Path) -> dict:
     data = json.loads(path.read_text())
     assert data["quick"] is True
@@ -67,14 +74,15 @@ def record(path: Path) -> dict:
 async def test_bench_script_quick(module, bench_engine, tiny_model, adapter_root, tmp_path):
     extra = {
         scaling: ["--plot", str(tmp_path / "scaling.png")],
-        overhead: ["--second-adapter", str(adapter_root / "beta" / "v1")],
+        overhead: ["--second-adapter", str(newer_version(tiny_model, adapter_root, tmp_path))],
     }.get(module, [])
     args = quick_args(module, tiny_model, adapter_root, tmp_path / "out.json", *extra)
     result = await module.measure(args, bench_engine)
     data = record(publish(module.NAME, args, result, module.report))
     checks = {
         "overhead": lambda d: (
-            d["second_adapter"] == "beta@v1"
+            # The newer version of the default's name is the second arm, the default stays.
+            (d["default_adapter"], d["second_adapter"]) == ("alpha@v1", "alpha@v2")
             and all(
                 r["latency_ratio"] > 0
                 and r["cached_latency_ratio"] > 0
