@@ -54,6 +54,8 @@ def overhead(r: dict[str, Any]) -> list[str]:
             hits = a.get("prefix_cache_hit_rate", {})
             if arm == "second":
                 label = f"method adapter through {r['second_adapter']}"
+            elif r.get("second_adapter") and arm in ("confidence", "head"):
+                label = f"{label}, {r['default_adapter']}"  # which of the two adapters
             rows.append(
                 [
                     clients,
@@ -214,8 +216,9 @@ SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "roofline": ("Machine peak (matmul roofline)", roofline),
     "cpu_threads": ("CPU thread binding", cpu_threads),
     "overhead": ("Confidence overhead (goal ≤ 1.15)", overhead),
-    "overhead_v7_here": ("Confidence overhead, shipped adapter (v7), beside the next table", overhead),
-    "overhead_kv_shared": ("Confidence overhead, KV-sharing adapter (LoRA on the last MLP only)", overhead),
+    "overhead_v8_vs_v7": ("Confidence overhead, v8 and v7 side by side in one run", overhead),
+    "overhead_v7_here": ("Confidence overhead, v7 alone (with the next table)", overhead),
+    "overhead_kv_shared": ("Confidence overhead, KV-sharing LoRA alone (v8's, before its head)", overhead),
     "overhead_profile": ("Where the overhead goes at 16 clients", overhead_profile),
     "scaling": ("Growth with concurrency and answer length", scaling),
     "prefill_budget": ("Engine step budget (chunked prefill) vs the overhead", prefill_budget),
