@@ -220,6 +220,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "overhead_v7_here": ("Confidence overhead, v7 alone (with the next table)", overhead),
     "overhead_kv_shared": ("Confidence overhead, KV-sharing LoRA alone (v8's, before its head)", overhead),
     "overhead_profile": ("Where the overhead goes at 16 clients", overhead_profile),
+    "overhead_profile_v8": ("Where the overhead goes at 16 clients, v8 (KV-sharing LoRA)", overhead_profile),
     "scaling": ("Growth with concurrency and answer length", scaling),
     "prefill_budget": ("Engine step budget (chunked prefill) vs the overhead", prefill_budget),
     "vs_sampling": ("Versus sampling self-consistency", vs_sampling),

@@ -7,7 +7,9 @@ times in alternation (mean and spread reported):
 - `plain`: the answers alone (`engine.generate`: prompt prefill + decode);
 - `reads_lora`: the confidence queries of those same answers alone, through the adapter
   (prefill of prompt + answer + query, one token sampled) - the cost the paper's method
-  adds by construction, since the adapter's KV cache cannot reuse the base model's;
+  adds by construction, since the adapter's KV cache cannot reuse the base model's (an
+  adapter that shares it, such as v8's last-layer LoRA, reads from the answers' cached
+  prefix here, so the next difference is then the reuse's saving net of the LoRA);
 - `reads_base`: the same queries through the base model after the prefix cache is reset,
   so `reads_lora - reads_base` is what the LoRA kernels cost;
 - `engine_both`: each client generates then reads, straight on the engine (no service code);
