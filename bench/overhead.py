@@ -50,7 +50,7 @@ async def measure(args: argparse.Namespace, engine: Any = None, **overrides: Any
     from service.engine.base import PrefixCacheStats, SamplingOptions
     from service.errors import InvalidRequestError
 
-    first = second = None
+    first = second = ""  # the default's and the second adapter's specs, with --second-adapter
     if getattr(args, "second_adapter", None) is not None:  # bench.prefill_budget's args have none
         overrides["adapter_root"], first, second = both_adapters(args.adapter, args.second_adapter)
     settings = settings_for(
@@ -60,7 +60,7 @@ async def measure(args: argparse.Namespace, engine: Any = None, **overrides: Any
     # Each run of an arm asks questions no other request asked (see QuestionPool).
     current: list[str] = pool.take(max(args.clients))
     async with in_process_service(settings, engine) as (service, ops):
-        if first is not None and second is not None:
+        if second:
             # Two versions of one name: start-up staged only the newer, and made it current.
             for spec in (first, second):
                 if not any(a.spec == spec for a in service.registry.list()):
@@ -91,12 +91,12 @@ async def measure(args: argparse.Namespace, engine: Any = None, **overrides: Any
         arms = {
             "plain": plain,
             "confidence": with_method(Method.adapter),
-            "second": with_method(Method.adapter, adapter=second),
+            "second": with_method(Method.adapter, adapter=second or None),
             "head": with_method(Method.calibrated_head),
             "zero_shot": with_method(Method.zero_shot),
             "cached": with_method(Method.adapter, answer_with_adapter=True),
         }
-        wanted = {"plain", "confidence", *args.arms} - {"second"} | ({"second"} if second else set())
+        wanted = {"plain", "confidence", *args.arms, *(["second"] if second else [])}
         arms = {name: arm for name, arm in arms.items() if name in wanted}
         try:
             if "head" in arms:
@@ -144,7 +144,7 @@ async def measure(args: argparse.Namespace, engine: Any = None, **overrides: Any
         default = service.registry.default_adapter()
     return {
         "default_adapter": default.spec if default is not None else None,
-        "second_adapter": second,
+        "second_adapter": second or None,
         "step_token_budget": budget,
         "max_tokens": args.max_tokens,
         "requests_per_arm": args.requests,
