@@ -97,17 +97,27 @@ def score_throughput(r: dict[str, Any]) -> list[str]:
             p["items_per_s"] / naive,
             p["p99_s"],
             p.get("compute", {}).get("fraction_of_peak"),
+            p.get("compute", {}).get("fraction_of_model_shape_peak"),
         ]
         for p in r["server"].values()
     ]
-    rows.append(["naive transformers+peft loop", 1, naive, 1.0, None, None])
-    lines = md(["clients", "items/request", "items/s", "x naive", "p99 s", "of peak FLOP/s"], rows)
+    rows.append(["naive transformers+peft loop", 1, naive, 1.0, None, None, None])
+    columns = ["clients", "items/request", "items/s", "x naive", "p99 s", "of peak FLOP/s"]
+    columns.append("of model-shape peak")
+    lines = md(columns, rows)
     if "peak" in r:
         dtypes = ", ".join(f"{d} {p['flops'] / 1e9:.0f} GFLOP/s" for d, p in r["peak"]["dtypes"].items())
+        model = r["peak"].get("model_shapes")
+        shapes = (
+            f"; the model's own layer shapes on {model['tokens']} tokens ({model['dtype']}) "
+            f"{model['flops'] / 1e9:.0f} GFLOP/s"
+            if model
+            else ""
+        )
         lines += [
             "",
-            f"Peak (matmul, same run): {dtypes}; {r['query_tokens_per_item']:.0f} query tokens per item, "
-            f"{r['non_embedding_parameters'] / 1e6:.0f} M non-embedding parameters.",
+            f"Peak (matmul, same run): {dtypes}{shapes}; {r['query_tokens_per_item']:.0f} query tokens "
+            f"per item, {r['non_embedding_parameters'] / 1e6:.0f} M non-embedding parameters.",
         ]
     return lines
 
@@ -130,6 +140,9 @@ def overhead_profile(r: dict[str, Any]) -> list[str]:
 
 def roofline(r: dict[str, Any]) -> list[str]:
     rows = [[d, p["n"], p["flops"] / 1e9] for d, p in r["dtypes"].items()]
+    if "model_shapes" in r:
+        m = r["model_shapes"]
+        rows.append([f"{m['dtype']}: the model's layer, {m['tokens']} tokens", "–", m["flops"] / 1e9])
     note = f"{r['threads']} threads on {r['device']}; the engine runs {r['engine_dtype']}."
     return [*md(["dtype", "matrix n", "GFLOP/s"], rows), "", note]
 

@@ -149,6 +149,12 @@ def test_roofline_measures_a_positive_peak_per_dtype(tmp_path):
     data = json.loads((tmp_path / "r.json").read_text())
     assert {d["dtype"] for d in data["dtypes"].values()} == {"float32", "bfloat16"}
     assert all(d["flops"] > 0 for d in data["dtypes"].values())
+    # The model-shape ceiling times one Llama layer's seven projections (q, k, v, o, gate, up,
+    # down), not its norms, and counts 2 FLOPs per weight per activation row.
+    shapes = data["model_shapes"]
+    assert len(shapes["shapes"]) == 7 and all(len(s) == 2 for s in shapes["shapes"])
+    flop_count = 2 * shapes["tokens"] * sum(o * i for o, i in shapes["shapes"])
+    assert abs(shapes["flops"] * shapes["seconds"] - flop_count) < 1e-6 * flop_count
 
 
 def test_quality_prints_the_shipped_report(tmp_path):
