@@ -53,7 +53,7 @@ SIGNALS = (
     "lettered_x_logprob_sum",
     "lettered_x_logprob_mean",
 )
-REGIME = ("answer_tokens_log", "lettered_answer")
+REGIME = ("answer_tokens_log", "lettered_answer", "numeric_answer")
 
 
 def stratum(row: Row) -> str:
@@ -83,7 +83,8 @@ def fit_head(
     1. logistic regression of correctness on the standardized signals plus one indicator
        per stratum (group and source): the slopes are within-source effects;
     2. with that score as a fixed offset, the intercept and the regime features (answer
-       length, lettered answer) are fitted pooled: they set the level, not the order.
+       length, lettered answer, bare number) are fitted pooled: they set the level, not the
+       order.
 
     Raises:
         ValueError: fewer than two classes among the rows.

@@ -181,6 +181,17 @@ def fit(
     return calibrators, cal_rows
 
 
+def head_row_groups(rows: Sequence[Row]) -> dict[str, np.ndarray]:
+    """Indices into head_rows' rows of each group the report reads apart."""
+    names = [
+        ("open_ended" if r["kind"] in OPEN_KINDS else "mc_labelled")
+        if r.get("group") == "labelled"
+        else ("pairs" if r.get("group") == "no_choices" else str(r.get("group")))
+        for r in rows
+    ]
+    return {n: np.flatnonzero([x == n for x in names]) for n in sorted(set(names))}
+
+
 def _one(train: Sequence[Row], name: str) -> Any:
     head = head_fit.one_feature(train, name)
     return lambda held: head_fit.apply_head(head, held)
@@ -203,6 +214,7 @@ def selection_numbers(cal: Calibrators, cal_rows: Sequence[Row], ood_rows: Seque
     y = head_fit.labels(rows)
     scored = head_fit.method_confidences(cal, rows)
     out: dict[str, Any] = {"calibration_out_of_fold": {}, "ood": {}}
+    parts = head_row_groups(rows)
     for method, p in scored.items():
         p = {"calibrated_head": oof, "likelihood_sum": oof_sum, "likelihood_mean": oof_mean}.get(method, p)
         out["calibration_out_of_fold"][method] = {
@@ -210,8 +222,16 @@ def selection_numbers(cal: Calibrators, cal_rows: Sequence[Row], ood_rows: Seque
             "auroc_within_sources": stratified_auroc(p, y, [head_fit.stratum(r) for r in rows]),
             "ece": ece(p, y),
             "n": len(rows),
+            # Pooled ECE can hide a group the method is far off on (the issue's target is
+            # per group): each group's numbers, same out-of-fold predictions.
+            "by_group": {
+                name: {"auroc": auroc(p[idx], y[idx]), "ece": ece(p[idx], y[idx]), "n": int(idx.size)}
+                for name, idx in parts.items()
+            },
         }
     for name, rows_ in ood_sets(ood_rows).items():
+        if not rows_:  # signals read without the OOD set
+            continue
         yy = head_fit.labels(rows_)
         out["ood"][name] = {
             m: {"auroc": auroc(p, yy), "ece": ece(p, yy), "n": len(rows_)}

@@ -15,7 +15,10 @@ Features of one (question, answer):
   prefill, for /generate the sampled tokens' own log-probabilities;
 - ``answer_tokens_log``: log(1 + number of answer tokens), so length is weighed apart;
 - ``lettered_*``: whether the answer picks a lettered choice ("B. text"), alone and
-  times the other signals.
+  times the other signals;
+- ``numeric_answer``: whether the answer is a bare number ("56", "-3.5", "1,200"). A
+  model can be sure of a number and still be wrong most of the time (the embedded model's
+  arithmetic: 1 % right at high likelihood), so numbers get their own level of confidence.
 """
 
 from __future__ import annotations
@@ -38,11 +41,15 @@ FEATURE_NAMES: tuple[str, ...] = (
     "lettered_x_adapter_gap",
     "lettered_x_logprob_sum",
     "lettered_x_logprob_mean",
+    "numeric_answer",
 )
 # "B. some text": an answer that picks a lettered choice shown in the question. Its text
 # was copied from the question, so its likelihood means something else than a free
 # answer's; the lettered_x_* features give that regime its own slopes.
 LETTERED = re.compile(r"^\s*\(?[A-J][.)]\s")
+# A bare number, optionally signed, with thousands separators, decimals, a currency or
+# percent sign and a final full stop: what arithmetic answers look like.
+NUMERIC = re.compile(r"\s*[-+]?[$€£]?\d[\d,]*(\.\d+)?\s*%?\.?\s*")
 # An empty answer gets this per-token log-probability: "no evidence", far below any
 # real token, but finite so the head's arithmetic stays defined.
 EMPTY_ANSWER_LOGPROB = -20.0
@@ -83,6 +90,7 @@ def features(adapter_gap: float, likelihood: AnswerLikelihood, answer: str) -> d
         "lettered_x_adapter_gap": lettered * float(adapter_gap),
         "lettered_x_logprob_sum": lettered * likelihood.logprob_sum,
         "lettered_x_logprob_mean": lettered * likelihood.logprob_mean,
+        "numeric_answer": 1.0 if NUMERIC.fullmatch(answer) else 0.0,
     }
 
 

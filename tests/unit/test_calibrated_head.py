@@ -19,10 +19,10 @@ from tests.unit.conftest import wait_ready, write_adapter
 
 HEAD = {
     "features": list(estimator.FEATURE_NAMES),
-    "coef": [0.7, 0.3, 0.5, -0.2, 0.1, 0.2, 0.3, 0.4],
+    "coef": [0.7, 0.3, 0.5, -0.2, 0.1, 0.2, 0.3, 0.4, -0.6],
     "intercept": -1.0,
-    "mean": [0.0, -5.0, -2.0, 1.5, 0.1, 0.0, -1.0, -0.5],
-    "scale": [1.0, 3.0, 1.0, 0.5, 0.3, 1.0, 2.0, 1.0],
+    "mean": [0.0, -5.0, -2.0, 1.5, 0.1, 0.0, -1.0, -0.5, 0.1],
+    "scale": [1.0, 3.0, 1.0, 0.5, 0.3, 1.0, 2.0, 1.0, 0.3],
 }
 REFERENCE = {"bin_edges": [i / 10 for i in range(11)], "counts": [10] * 10}
 

@@ -144,3 +144,51 @@ def test_groups_weigh_the_same_in_total():
     rows = [{"group": "a"}] * 3 + [{"group": "b"}]
     weights = head_fit.group_weights(rows)
     assert weights[:3].sum() == pytest.approx(weights[3:].sum())
+
+
+@pytest.mark.parametrize(
+    ("answer", "numeric"),
+    [
+        *[("56", 1.0), (" 54. ", 1.0), ("-3.5", 1.0), ("1,200", 1.0), ("$5", 1.0), ("50%", 1.0)],
+        ("1969", 1.0),
+        *[("The answer is 56", 0.0), ("56 apples", 0.0), ("B. 56", 0.0), ("Paris", 0.0), ("", 0.0)],
+    ],
+)
+def test_numeric_answer_marks_bare_numbers_only(answer, numeric):
+    values = estimator.features(0.0, estimator.answer_likelihood([-1.0]), answer)
+    assert values["numeric_answer"] == numeric
+
+
+def test_bare_numbers_get_their_own_level_of_confidence():
+    """The embedded model's arithmetic: short, likely answers that are almost never right,
+    beside proposed choice texts just as short and likely that are right half the time.
+    Without the numeric regime one level serves both; with it each group's mean confidence
+    lands near its own accuracy."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for source, answer, rate in (("arithmetic", "56", 0.02), ("choices", "Paris", 0.5)):
+        for i in range(500):
+            correct = bool(rng.random() < rate)
+            mean = rng.normal(-0.8 + (0.3 if correct else 0.0), 0.5)
+            rows.append(
+                {
+                    "id": f"{source}{i}",
+                    "source": source,
+                    "group": source,
+                    "correct": correct,
+                    "adapter_gap": float(rng.normal()),
+                    "answer_logprob_sum": 2 * mean,
+                    "answer_logprob_mean": mean,
+                    "answer_tokens": 2,
+                    "answer": answer,
+                }
+            )
+    y = head_fit.labels(rows)
+    arithmetic = np.array([r["source"] == "arithmetic" for r in rows])
+    for regime, tolerance in ((("answer_tokens_log", "lettered_answer"), None), (head_fit.REGIME, 0.05)):
+        p = head_fit.apply_head(head_fit.fit_head(rows, regime=regime), rows)
+        gaps = [abs(p[m].mean() - y[m].mean()) for m in (arithmetic, ~arithmetic)]
+        if tolerance is None:
+            assert min(gaps) > 0.15  # one shared level sits between the two groups
+        else:
+            assert max(gaps) < tolerance

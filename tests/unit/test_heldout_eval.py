@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from adapters import heldout_eval
 from adapters.head_fit import fit_head
 from service.lora.manifest import AdapterManifest
@@ -170,3 +172,31 @@ def test_a_head_version_exported_under_another_name_is_served_under_that_name(tm
     manifest = AdapterManifest.read(dest)
     assert (manifest.name, manifest.version) == (dest.parent.name, dest.name) == ("unc", "v8")
     assert manifest.training_data["lora_weights_from"] == "kvshared/v1"
+
+
+def test_selection_reads_each_group_apart_from_the_pooled_numbers(tmp_path):
+    """A group the head is far off on must show in selection.json, not vanish in the pool:
+    by_group holds each group's out-of-fold AUROC and ECE, over the same rows as the pool."""
+    import json
+
+    import numpy as np
+
+    from service.calibration.metrics import ece
+
+    signals, graded = _signals(tmp_path)
+    rng = np.random.default_rng(1)
+    open_rows = [
+        {**_signal_row("triviaqa", "labelled", q, 0, 0 if q % 10 == 0 else 1, rng), "kind": "open"}
+        for q in range(120)
+    ]
+    with (signals / "calibration.jsonl").open("a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in open_rows))
+    cal, cal_rows = heldout_eval.fit(signals, [graded], adapter_temperature=1.0, train_rate=0.2)
+    numbers = heldout_eval.selection_numbers(cal, cal_rows, [])["calibration_out_of_fold"]
+    for method, pooled in numbers.items():
+        groups = pooled["by_group"]
+        assert set(groups) == {"open_ended", "pairs"}, method
+        assert groups["open_ended"]["n"] == 120 and sum(g["n"] for g in groups.values()) == pooled["n"]
+    # the constant's ECE per group is |its rate - the group's accuracy|
+    constant = numbers["constant"]["by_group"]["open_ended"]["ece"]
+    assert constant == pytest.approx(ece(np.full(120, 0.2), [r["correct"] for r in open_rows]))
