@@ -87,7 +87,7 @@ def test_ready_then_generate_with_the_shipped_adapter(container: Container) -> N
     status, body = container.request("/generate", {"prompt": "What is the capital of France?"})
     assert status == 200, body
     assert isinstance(body, dict)
-    assert body["method"] == "calibrated_head"  # the default of a version with a head (v8)
+    assert body["method"] == "calibrated_head"  # the default of a version with a head (v9)
     assert body["adapter"]["name"] == "smollm2-135m-uncertainty"
     assert 0.0 <= body["confidence"] <= 1.0
     stats = docker("stats", "--no-stream", "--format", "{{.MemUsage}}", container.name).stdout.strip()

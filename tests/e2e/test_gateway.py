@@ -73,7 +73,7 @@ def test_good_key_reaches_the_service_and_gets_a_confidence(gateway: Gateway) ->
     )
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["method"] == "calibrated_head"  # the default of a version with a head (v8)
+    assert body["method"] == "calibrated_head"  # the default of a version with a head (v9)
     assert body["adapter"]["name"] == "smollm2-135m-uncertainty"
     assert 0.0 <= body["confidence"] <= 1.0
     # X-API-Key is the other accepted way to present a key.

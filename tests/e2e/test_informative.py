@@ -1,7 +1,7 @@
 """The shipped default version's default method ranks right answers above wrong ones (issue 15).
 
 The README's own examples, scored by the embedded model through `/score` as a client who names
-no method gets them: the default adapter version (v8) carries a calibrated head, so the method
+no method gets them: the default adapter version (v9) carries a calibrated head, so the method
 resolves to "calibrated_head".
 """
 
@@ -14,14 +14,15 @@ from tests.e2e.conftest import SAME_READ_ABS
 
 pytestmark = pytest.mark.e2e
 
-DEFAULT_METHOD = "calibrated_head"  # what a request naming none gets from v8 (it has a head)
+DEFAULT_METHOD = "calibrated_head"  # what a request naming none gets from v9 (it has a head)
 
-# Measured on v8 (CPU, 2026-12-03): Paris 0.508 > Berlin 0.411, Shakespeare 0.620 > Dickens
-# 0.448, but 56 0.513 < 54 0.546 (v7 before it: 0.535 < 0.570). The 56/54 miss is a finding
+# Measured on v9 (CPU, 2026-12-03): Paris 0.580 > Berlin 0.483, Shakespeare 0.722 > Dickens
+# 0.561, but 56 0.0087 < 54 0.0099 (v8 before it: 0.513 < 0.546; v9's bare-number level puts
+# both near the model's 1 % arithmetic accuracy, the order stays wrong). The 56/54 miss is a finding
 # (see the README), kept as a strict xfail: it is reported, and the day it passes the test
 # says so. The base model itself prefers 54 as the reply (log-prob -6.67 vs -8.79,
 # adapters.likelihood_ceiling).
-MISSED_56 = pytest.mark.xfail(strict=True, reason="v8's head scores 54 above 56 (0.546 vs 0.513)")
+MISSED_56 = pytest.mark.xfail(strict=True, reason="v9's head scores 54 above 56 (0.0099 vs 0.0087)")
 PAIRS = [
     ("What is the capital of France?", "The capital of France is Paris.", "The capital of France is Berlin."),
     pytest.param("What is 7 * 8?", "56", "54", marks=MISSED_56),

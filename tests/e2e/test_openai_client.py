@@ -30,7 +30,7 @@ def model(client: openai.OpenAI) -> str:
 def check_confidence(choice, response_id: str) -> dict:
     confidence = choice.confidence
     assert 0.0 <= confidence["value"] <= 1.0
-    # Naming no method gets the shipped version's best: v8 carries a calibrated head.
+    # Naming no method gets the shipped version's best: v9 carries a calibrated head.
     assert confidence["method"] == "calibrated_head" and "@" in confidence["adapter"]
     assert confidence["feedback"] == {"id": response_id, "index": choice.index}
     return confidence
