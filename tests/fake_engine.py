@@ -66,6 +66,7 @@ class FakeEngine(Engine):
         self.streams_in_flight = 0
         self.in_flight = 0
         self.max_in_flight = 0
+        self.completed = 0  # engine calls that returned (the engine's `progress`)
         self.calls: list[tuple[str, LoRA | None]] = []
         self.loras: dict[int, LoRA] = {}
         self.bad_adapter_versions: set[str] = set()  # versions whose engine load fails
@@ -105,6 +106,11 @@ class FakeEngine(Engine):
             raise
         finally:
             self.in_flight -= 1
+        self.completed += 1
+
+    @property
+    def progress(self) -> int:
+        return self.completed
 
     def _answer(self, prompt_ids: Sequence[int], options: SamplingOptions) -> tuple[list[str], str]:
         """The answer's words (echoing the prompt's last words) and its finish reason; a

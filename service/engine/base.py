@@ -160,6 +160,13 @@ class Engine(abc.ABC):
         """Forget every cached prompt prefix, so no later request reuses KV computed so far.
         Returns False (and forgets nothing) while requests still hold cache blocks."""
 
+    @property
+    def progress(self) -> int | None:
+        """A count that grows whenever the engine hands back output for any request, so
+        a watcher can tell a busy engine (a long queue, still stepping) from a wedged one.
+        None: this engine cannot say (the watchdog then judges by the canary alone)."""
+        return None
+
     @abc.abstractmethod
     async def check_health(self) -> None:
         """Raise `EngineDeadError` if the engine can no longer serve."""

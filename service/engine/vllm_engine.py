@@ -93,6 +93,7 @@ class VLLMEngine(Engine):
         # Per kind of request ("generate", "read", "prompt_logprobs"): how much of each
         # prompt vLLM's prefix cache already held (benchmarks report the hit rate).
         self.prefix_cache: dict[str, PrefixCacheStats] = {}
+        self._outputs = 0  # outputs vLLM handed back, any request (see `progress`)
 
     async def start(self) -> None:
         """Start vLLM; a second call on a started engine does nothing."""
@@ -172,6 +173,7 @@ class VLLMEngine(Engine):
         async with aclosing(outputs):
             try:
                 async for output in outputs:
+                    self._outputs += 1
                     yield output
             except VLLMDeadError as exc:
                 raise EngineDeadError("the model engine has died; the service must be restarted") from exc
@@ -303,6 +305,10 @@ class VLLMEngine(Engine):
 
     async def reset_prefix_cache(self) -> bool:
         return bool(await self.llm.reset_prefix_cache())
+
+    @property
+    def progress(self) -> int:
+        return self._outputs
 
     async def check_health(self) -> None:
         if self._llm is not None and self._llm.errored:

@@ -8,9 +8,16 @@ An engine can also wedge without dying (a hung collective, a stuck scheduler): e
 request then times out while `check_health()` still passes. So the watchdog does two
 things: it polls `engine.check_health()`, and every `canary_interval_s` it makes one tiny
 real read (a single next-token log-probability); when `canary_failures` reads in a row take
-longer than `canary_timeout_s`, the engine is making no progress. Either way it marks the
-service failed (so `/health` answers 503 and says why) and calls `on_fatal`, which stops
-the server with a non-zero exit code.
+longer than `canary_timeout_s` while the engine hands back nothing for any other request
+either, the engine is making no progress. Either way it marks the service failed (so
+`/health` answers 503 and says why) and calls `on_fatal`, which stops the server with a
+non-zero exit code.
+
+A slow canary alone is not a wedge: under a legitimate backlog (32 clients each scoring 16
+items on a 2-core CPU keeps a minute of work queued) the canary waits its turn like every
+request, and killing the server then would turn overload, which admission control answers
+with 429/503 + Retry-After, into an outage. So a slow read counts only when the engine's
+`progress` did not move since the previous canary finished.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ async def watch_engine(
     canary = canary or Canary()
     next_canary = time.monotonic() + canary.interval_s
     slow = 0
+    mark = state.engine.progress
     while True:
         await asyncio.sleep(interval_s)
         try:
@@ -72,6 +80,13 @@ async def watch_engine(
             await asyncio.wait_for(_canary_read(state), canary.timeout_s)
             slow = 0
         except asyncio.TimeoutError:
+            progress = state.engine.progress
+            if progress is not None and progress != mark:
+                # Busy, not wedged: other requests got output meanwhile.
+                log.info("engine canary read took over %g s, but the engine is serving", canary.timeout_s)
+                slow, mark = 0, progress
+                next_canary = time.monotonic() + canary.interval_s
+                continue
             slow += 1
             log.warning("engine canary read took over %g s (%d in a row)", canary.timeout_s, slow)
             if slow >= canary.failures:
@@ -85,4 +100,5 @@ async def watch_engine(
         except EngineDeadError as exc:
             _fail(state, on_fatal, f"the model engine died: {exc.message}")
             return
+        mark = state.engine.progress
         next_canary = time.monotonic() + canary.interval_s
