@@ -238,6 +238,10 @@ SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "prefill_budget": ("Engine step budget (chunked prefill) vs the overhead", prefill_budget),
     "vs_sampling": ("Versus sampling self-consistency", vs_sampling),
     "score_throughput": ("/score throughput (goal ≥ 4x at 32 clients)", score_throughput),
+    "score_throughput_v9_32x16": (
+        "/score throughput through v9's last-layer LoRA, the goal point (32 clients × 16 items)",
+        score_throughput,
+    ),
     "quality": ("Held-out quality", quality),
     "hot_swap": ("Hot swap", hot_swap),
     "lora_cost": ("CPU LoRA cost (target ≤ 1.3x at batch 16)", lora_cost),
