@@ -181,15 +181,18 @@ def fit(
     return calibrators, cal_rows
 
 
+def _head_group(row: Row) -> str:
+    """The group of a head_rows row as eval_sets names it: open-ended or MC labelled
+    answers, no-choice pairs, MMLU."""
+    if row.get("group") == "labelled":
+        return "open_ended" if row["kind"] in OPEN_KINDS else "mc_labelled"
+    return "pairs" if row.get("group") == "no_choices" else str(row.get("group"))
+
+
 def head_row_groups(rows: Sequence[Row]) -> dict[str, np.ndarray]:
     """Indices into head_rows' rows of each group the report reads apart."""
-    names = [
-        ("open_ended" if r["kind"] in OPEN_KINDS else "mc_labelled")
-        if r.get("group") == "labelled"
-        else ("pairs" if r.get("group") == "no_choices" else str(r.get("group")))
-        for r in rows
-    ]
-    return {n: np.flatnonzero([x == n for x in names]) for n in sorted(set(names))}
+    names = np.array([_head_group(r) for r in rows])
+    return {n: np.flatnonzero(names == n) for n in sorted(set(names.tolist()))}
 
 
 def _one(train: Sequence[Row], name: str) -> Any:

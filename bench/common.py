@@ -17,7 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -365,19 +365,24 @@ def model_dir_for(args: argparse.Namespace) -> str:
     return str(args.model or resolve_model(settings_for(args)))
 
 
-def non_embedding_parameters(model_dir: str) -> int:
-    """Parameters a token's forward pass multiplies through: all but the embedding table and
-    the output head (a prefill computes logits for its last position only)."""
+def weight_shapes(model_dir: str) -> Iterator[tuple[str, list[int]]]:
+    """(name, shape) of every tensor in the model's safetensors files, without loading them."""
     from safetensors import safe_open
 
-    total = 0
     for path in sorted(Path(model_dir).glob("*.safetensors")):
         with safe_open(str(path), "pt") as weights:
             for name in weights.keys():  # noqa: SIM118 - safe_open is not a mapping
-                if "embed_tokens" in name or "lm_head" in name:
-                    continue
-                total += math.prod(weights.get_slice(name).get_shape())
-    return total
+                yield name, list(weights.get_slice(name).get_shape())
+
+
+def non_embedding_parameters(model_dir: str) -> int:
+    """Parameters a token's forward pass multiplies through: all but the embedding table and
+    the output head (a prefill computes logits for its last position only)."""
+    return sum(
+        math.prod(shape)
+        for name, shape in weight_shapes(model_dir)
+        if "embed_tokens" not in name and "lm_head" not in name
+    )
 
 
 def achieved(tokens_per_s: float, parameters: int, peak_flops: float) -> dict[str, float]:

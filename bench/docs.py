@@ -102,8 +102,10 @@ def score_throughput(r: dict[str, Any]) -> list[str]:
         for p in r["server"].values()
     ]
     rows.append(["naive transformers+peft loop", 1, naive, 1.0, None, None, None])
-    columns = ["clients", "items/request", "items/s", "x naive", "p99 s", "of peak FLOP/s"]
-    columns.append("of model-shape peak")
+    columns = [
+        *("clients", "items/request", "items/s", "x naive", "p99 s"),
+        *("of peak FLOP/s", "of model-shape peak"),
+    ]
     lines = md(columns, rows)
     if "peak" in r:
         dtypes = ", ".join(f"{d} {p['flops'] / 1e9:.0f} GFLOP/s" for d, p in r["peak"]["dtypes"].items())

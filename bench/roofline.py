@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from bench.common import Script, table
+from bench.common import Script, table, weight_shapes
 
 NAME = "roofline"
 
@@ -32,17 +32,26 @@ def matmul_peak(dtype_name: str, *, n: int, repeats: int, device: str = "cpu") -
     dtype = getattr(torch, dtype_name)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    torch.matmul(a, b)  # warm-up: thread pool, kernel selection
+    best = best_seconds(lambda: torch.matmul(a, b), repeats=repeats, device=device)
+    return {"dtype": dtype_name, "n": n, "seconds": best, "flops": 2 * n**3 / best}
+
+
+def best_seconds(work: Callable[[], object], *, repeats: int, device: str) -> float:
+    """Shortest of `repeats` timed runs of `work`, after one warm-up run (thread pool,
+    kernel selection); on CUDA each run is timed to its completion."""
+    import torch
+
+    work()
     best = float("inf")
     for _ in range(repeats):
         if device == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
-        torch.matmul(a, b)
+        work()
         if device == "cuda":
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - started)
-    return {"dtype": dtype_name, "n": n, "seconds": best, "flops": 2 * n**3 / best}
+    return best
 
 
 def peaks(*, n: int | None = None, repeats: int = 10) -> dict[str, Any]:
@@ -62,16 +71,11 @@ def peaks(*, n: int | None = None, repeats: int = 10) -> dict[str, Any]:
 
 def layer_shapes(model_dir: str) -> list[tuple[int, int]]:
     """(out, in) of every 2-D weight of the model's first decoder layer: its projections."""
-    from safetensors import safe_open
-
-    shapes: list[tuple[int, int]] = []
-    for path in sorted(Path(model_dir).glob("*.safetensors")):
-        with safe_open(str(path), "pt") as weights:
-            for name in weights.keys():  # noqa: SIM118 - safe_open is not a mapping
-                shape = weights.get_slice(name).get_shape()
-                if ".layers.0." in name and len(shape) == 2:
-                    shapes.append((int(shape[0]), int(shape[1])))
-    return shapes
+    return [
+        (shape[0], shape[1])
+        for name, shape in weight_shapes(model_dir)
+        if ".layers.0." in name and len(shape) == 2
+    ]
 
 
 def model_shape_peak(
@@ -79,11 +83,11 @@ def model_shape_peak(
 ) -> dict[str, Any]:
     """Best FLOP/s of one decoder layer's projections on a `tokens`-row activation.
 
-    The square-matmul peak is out of reach for a small model: its projections are thin
-    (hidden size 576 for the embedded model), and thin products use the cores less well.
-    This is the ceiling of the model's own matrix shapes at a full engine step of prefill
-    (vLLM's default step budget is 2048 tokens), the figure a prefill-bound benchmark can
-    actually approach; attention, norms and the rest of a forward pass come on top.
+    A small model's projections are thin (hidden size 576 for the embedded model), and thin
+    products may use the cores less well than the square probe. This is the ceiling of the
+    model's own matrix shapes at a full engine step of prefill (vLLM's default step budget
+    is 2048 tokens), the figure a prefill-bound benchmark can at best approach; attention,
+    norms and the rest of a forward pass come on top.
     """
     import torch
 
@@ -98,16 +102,7 @@ def model_shape_peak(
         for w in weights:
             torch.matmul(inputs[w.shape[1]], w.t())
 
-    layer()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        layer()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - started)
+    best = best_seconds(layer, repeats=repeats, device=device)
     flops = 2 * tokens * sum(out * inp for out, inp in shapes)
     return {"dtype": dtype_name, "tokens": tokens, "shapes": shapes, "seconds": best, "flops": flops / best}
 

@@ -84,11 +84,10 @@ async def watch_engine(
             if progress is not None and progress != mark:
                 # Busy, not wedged: other requests got output meanwhile.
                 log.info("engine canary read took over %g s, but the engine is serving", canary.timeout_s)
-                slow, mark = 0, progress
-                next_canary = time.monotonic() + canary.interval_s
-                continue
-            slow += 1
-            log.warning("engine canary read took over %g s (%d in a row)", canary.timeout_s, slow)
+                slow = 0
+            else:
+                slow += 1
+                log.warning("engine canary read took over %g s (%d in a row)", canary.timeout_s, slow)
             if slow >= canary.failures:
                 _fail(
                     state,

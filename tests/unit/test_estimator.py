@@ -97,6 +97,21 @@ def _rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def _two_token_row(source: str, i: int, correct: bool, mean: float, gap: float, answer: str) -> dict:
+    """A signal row of a two-token answer whose mean token log-prob is `mean`; its source is its group."""
+    return {
+        "id": f"{source}{i}",
+        "source": source,
+        "group": source,
+        "correct": correct,
+        "adapter_gap": gap,
+        "answer_logprob_sum": 2 * mean,
+        "answer_logprob_mean": mean,
+        "answer_tokens": 2,
+        "answer": answer,
+    }
+
+
 def test_the_head_ranks_within_sources_where_pooling_would_rank_backwards():
     """Simpson's paradox as in the real data: the model's own answers are likely and mostly
     wrong, proposed choices unlikely and right half the time; inside each, likelier is righter."""
@@ -110,19 +125,7 @@ def test_the_head_ranks_within_sources_where_pooling_would_rank_backwards():
         for i in range(600):
             correct = bool(rng.random() < rate)
             mean = rng.normal(level + (0.6 if correct else 0.0), 0.4)
-            rows.append(
-                {
-                    "id": f"{source}{i}",
-                    "source": source,
-                    "group": source,
-                    "correct": correct,
-                    "adapter_gap": float(rng.normal()),
-                    "answer_logprob_sum": 2 * mean,
-                    "answer_logprob_mean": mean,
-                    "answer_tokens": 2,
-                    "answer": "x",
-                }
-            )
+            rows.append(_two_token_row(source, i, correct, mean, float(rng.normal()), "x"))
     y, strata = head_fit.labels(rows), [r["source"] for r in rows]
     pooled = LogisticRegression().fit(head_fit.feature_matrix(rows, ["answer_logprob_mean"]), y)
     assert pooled.coef_[0][0] < 0  # what a plain fit learns
@@ -170,19 +173,7 @@ def test_bare_numbers_get_their_own_level_of_confidence():
         for i in range(500):
             correct = bool(rng.random() < rate)
             mean = rng.normal(-0.8 + (0.3 if correct else 0.0), 0.5)
-            rows.append(
-                {
-                    "id": f"{source}{i}",
-                    "source": source,
-                    "group": source,
-                    "correct": correct,
-                    "adapter_gap": float(rng.normal()),
-                    "answer_logprob_sum": 2 * mean,
-                    "answer_logprob_mean": mean,
-                    "answer_tokens": 2,
-                    "answer": answer,
-                }
-            )
+            rows.append(_two_token_row(source, i, correct, mean, float(rng.normal()), answer))
     y = head_fit.labels(rows)
     arithmetic = np.array([r["source"] == "arithmetic" for r in rows])
     for regime, tolerance in ((("answer_tokens_log", "lettered_answer"), None), (head_fit.REGIME, 0.05)):
